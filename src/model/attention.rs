@@ -1,0 +1,86 @@
+//! Bidirectional grouped-query attention (Qwen2 projections: q/k/v with bias, o without).
+
+use burn::module::Module;
+use burn::tensor::{activation::softmax, backend::Backend, DType, Tensor};
+
+use super::config::ModelConfig;
+use super::linear::Linear;
+use super::rope::apply_rope;
+use super::weights::{TensorSink, WeightSource};
+use crate::Result;
+
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub o_proj: Linear<B>,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    pub fn from_source<S: WeightSource<B>>(source: &mut S, prefix: &str, c: &ModelConfig) -> Result<Self> {
+        let (d, hd, std) = (c.hidden_size, c.head_dim(), c.initializer_range);
+        let (h, kv) = (c.num_attention_heads, c.kv_heads());
+        Ok(Self {
+            q_proj: Linear::from_source(source, &format!("{prefix}.q_proj"), d, h * hd, true, std)?,
+            k_proj: Linear::from_source(source, &format!("{prefix}.k_proj"), d, kv * hd, true, std)?,
+            v_proj: Linear::from_source(source, &format!("{prefix}.v_proj"), d, kv * hd, true, std)?,
+            o_proj: Linear::from_source(source, &format!("{prefix}.o_proj"), h * hd, d, false, std)?,
+            num_heads: h,
+            num_kv_heads: kv,
+            head_dim: hd,
+        })
+    }
+
+    /// # Shapes
+    /// - x: `[batch, seq, hidden]`
+    /// - cos, sin: `[batch, 1, seq, head_dim]`
+    /// - bias: `[batch, 1, seq, seq]` additive f32 mask (0 = attend, large negative = blocked), or
+    ///   `None` for full attention
+    /// - returns `[batch, seq, hidden]`
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        cos: Tensor<B, 4>,
+        sin: Tensor<B, 4>,
+        bias: Option<Tensor<B, 4>>,
+    ) -> Tensor<B, 3> {
+        let [b, s, _] = x.dims();
+        let (h, kv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let rep = h / kv;
+        let dtype = x.dtype();
+
+        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
+        let q = heads(self.q_proj.forward(x.clone()), h);
+        let k = heads(self.k_proj.forward(x.clone()), kv);
+        let v = heads(self.v_proj.forward(x), kv);
+
+        let scale = (hd as f64).powf(-0.5);
+        let q = apply_rope(q, cos.clone(), sin.clone()) * scale;
+        let k = apply_rope(k, cos, sin);
+
+        // GQA without copying K/V: query head i uses kv head i / rep (HF `repeat_kv`), so the rep
+        // query heads of one group are stacked along the sequence axis and share one K/V.
+        let q = q.reshape([b, kv, rep * s, hd]);
+        let scores = q.matmul(k.swap_dims(2, 3)).cast(DType::F32); // [b, kv, rep*s, s]
+        let scores = match bias {
+            Some(bias) => (scores.reshape([b, kv, rep, s, s]) + bias.unsqueeze_dim::<5>(2))
+                .reshape([b, kv, rep * s, s]),
+            None => scores,
+        };
+        let probs = softmax(scores, 3).cast(dtype);
+        let out = probs.matmul(v); // [b, kv, rep*s, hd]
+        let out = out.reshape([b, h, s, hd]).swap_dims(1, 2).reshape([b, s, h * hd]);
+        self.o_proj.forward(out)
+    }
+
+    pub fn save(&self, sink: &mut TensorSink, prefix: &str) {
+        self.q_proj.save(sink, &format!("{prefix}.q_proj"));
+        self.k_proj.save(sink, &format!("{prefix}.k_proj"));
+        self.v_proj.save(sink, &format!("{prefix}.v_proj"));
+        self.o_proj.save(sink, &format!("{prefix}.o_proj"));
+    }
+}

@@ -1,0 +1,57 @@
+//! One pre-norm decoder block without the causal mask.
+
+use burn::module::Module;
+use burn::tensor::{backend::Backend, Tensor};
+
+use super::attention::Attention;
+use super::config::ModelConfig;
+use super::mlp::Mlp;
+use super::norm::RmsNorm;
+use super::weights::{TensorSink, WeightSource};
+use crate::Result;
+
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    pub input_layernorm: RmsNorm<B>,
+    pub self_attn: Attention<B>,
+    pub post_attention_layernorm: RmsNorm<B>,
+    pub mlp: Mlp<B>,
+}
+
+impl<B: Backend> Block<B> {
+    pub fn from_source<S: WeightSource<B>>(source: &mut S, prefix: &str, c: &ModelConfig) -> Result<Self> {
+        let (d, eps) = (c.hidden_size, c.rms_norm_eps);
+        Ok(Self {
+            input_layernorm: RmsNorm::from_source(source, &format!("{prefix}.input_layernorm"), d, eps)?,
+            self_attn: Attention::from_source(source, &format!("{prefix}.self_attn"), c)?,
+            post_attention_layernorm: RmsNorm::from_source(
+                source,
+                &format!("{prefix}.post_attention_layernorm"),
+                d,
+                eps,
+            )?,
+            mlp: Mlp::from_source(source, &format!("{prefix}.mlp"), c)?,
+        })
+    }
+
+    /// # Shapes
+    /// - x: `[batch, seq, hidden]` → `[batch, seq, hidden]`; see [`Attention::forward`] for the rest
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        cos: Tensor<B, 4>,
+        sin: Tensor<B, 4>,
+        bias: Option<Tensor<B, 4>>,
+    ) -> Tensor<B, 3> {
+        let x = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), cos, sin, bias);
+        x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
+    }
+
+    pub fn save(&self, sink: &mut TensorSink, prefix: &str) {
+        self.input_layernorm.save(sink, &format!("{prefix}.input_layernorm"));
+        self.self_attn.save(sink, &format!("{prefix}.self_attn"));
+        self.post_attention_layernorm
+            .save(sink, &format!("{prefix}.post_attention_layernorm"));
+        self.mlp.save(sink, &format!("{prefix}.mlp"));
+    }
+}
