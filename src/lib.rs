@@ -14,6 +14,7 @@
 pub mod backend;
 pub mod error;
 pub mod model;
+pub mod perf;
 pub mod util;
 // (module declarations: keep one per line, alphabetical)
 pub mod data;

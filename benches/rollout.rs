@@ -1,0 +1,518 @@
+//! Rollout throughput on CPU (flex), next to the PyTorch reference sampler on the same weights.
+//!
+//!     cargo bench --bench rollout                          # small preset, 8 rows, K = 64
+//!     cargo bench --bench rollout -- --length 256 --prompt-len 200   # RL shapes (slow on CPU)
+//!     cargo bench --bench rollout -- --length 64 --reps 2 --preset tiny
+//!     cargo bench --bench rollout -- --no-reference        # ours only
+//!     cargo bench --bench rollout -- --study-only          # threshold study only
+//!
+//! Setting: DiffuCoder's RL rollout sampler (temperature 1.2, top-p 0.95, entropy order,
+//! alg_temp 0) on B × G = 2 × 4 = 8 rows whose prompts differ in length (left padding and the
+//! attention mask are exercised), at steps = K (1 token/step) and steps = K/2. The same random
+//! weights are saved in HF format and decoded by `tools/reference_rollout.py` (Dream's batched
+//! `diffusion_generate` in PyTorch, `torch.set_num_threads(2)`). Prints tokens/s and forward
+//! passes/s for both and the speed ratio, plus a temperature-0 token-agreement check.
+//!
+//! Then a confidence-threshold study on a fixed model that has something to be confident
+//! about: the `tiny` preset trained here for a few hundred steps (masked-diffusion loss) on a
+//! copy task, completions `w;w;w;` for a random 5-letter word `w` over 8 letters. The first
+//! copy is uncertain, the others are determined by it, so revealing letters in parallel before
+//! one copy is fixed produces inconsistent copies: the quality measure is the fraction of
+//! samples whose three copies agree (and are well formed), at temperature 1 over 64 samples.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{DType, Distribution, Int, Tensor, TensorData};
+use coupled_grpo::backend::{Cpu, CpuAutodiff};
+use coupled_grpo::model::{
+    byte_level_tokenizer, left_pad, save_pretrained, shift_logits, DiffusionLm, ModelConfig,
+    SaveDtype, Tokenizer,
+};
+use coupled_grpo::rollout::sampling::{sample_tokens, Confidence, SampleParams};
+use coupled_grpo::rollout::{decode, generate, Alg, RolloutConfig};
+use rand::{Rng, SeedableRng};
+
+fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn flag(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+struct Timing {
+    seconds: f64,
+    forward_passes: usize,
+}
+
+/// Two prompts of different lengths, each repeated G = rows / 2 times, left-padded.
+fn prompt_batch(vocab: usize, rows: usize, prompt_len: usize) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
+    let mut state = 12345u64;
+    let mut next = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (5 + (state >> 33) as usize % (vocab - 5)) as u32
+    };
+    let long: Vec<u32> = (0..prompt_len).map(|_| next()).collect();
+    let short: Vec<u32> = (0..prompt_len * 2 / 3).map(|_| next()).collect();
+    let g = rows / 2;
+    let mut seqs = vec![long; g];
+    seqs.extend(vec![short; rows - g]);
+    let batch = left_pad(seqs, 4);
+    (batch.ids, batch.attention_mask)
+}
+
+fn ours(
+    model: &DiffusionLm<Cpu>,
+    ids: &[Vec<u32>],
+    mask: &[Vec<u32>],
+    config: &RolloutConfig,
+    reps: usize,
+) -> (Timing, Vec<Vec<u32>>) {
+    let mask_token = model.config().mask_token_id.unwrap();
+    let mut out = decode(model, ids, mask, mask_token, config).unwrap(); // warm-up
+    let times: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            out = decode(model, ids, mask, mask_token, config).unwrap();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    (
+        Timing {
+            seconds: median(times),
+            forward_passes: out.forward_passes,
+        },
+        out.completion_ids,
+    )
+}
+
+fn reference(
+    dir: &Path,
+    prompts: &Path,
+    config: &RolloutConfig,
+    reps: usize,
+) -> Result<(Timing, Vec<Vec<u32>>), String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/reference_rollout.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(script)
+        .arg("--model")
+        .arg(dir)
+        .arg("--prompts")
+        .arg(prompts)
+        .args(["--max-new-tokens", &config.max_new_tokens.to_string()])
+        .args(["--steps", &config.steps.to_string()])
+        .args(["--temperature", &config.temperature.to_string()])
+        .args([
+            "--alg",
+            config.alg.name(),
+            "--threads",
+            "2",
+            "--ban-mask-token",
+        ])
+        .args([
+            "--seed",
+            &config.seed.to_string(),
+            "--repeat",
+            &reps.max(2).to_string(),
+        ]);
+    if let Some(p) = config.top_p {
+        cmd.args(["--top-p", &p.to_string()]);
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run python3: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    let seconds: Vec<f64> =
+        serde_json::from_value(v["seconds"].clone()).map_err(|e| e.to_string())?;
+    let completions: Vec<Vec<u32>> =
+        serde_json::from_value(v["completions"].clone()).map_err(|e| e.to_string())?;
+    Ok((
+        Timing {
+            seconds: median(seconds),
+            forward_passes: v["forward_passes"].as_u64().unwrap_or(0) as usize,
+        },
+        completions,
+    ))
+}
+
+fn torch_available() -> Option<String> {
+    let out = Command::new("python3")
+        .args(["-c", "import torch, safetensors; print(torch.__version__)"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn main() {
+    if !flag("--study-only") {
+        speed();
+    }
+    if !flag("--no-study") {
+        threshold_study();
+    }
+}
+
+fn speed() {
+    let preset: String = arg("--preset", "small".to_string());
+    let length: usize = arg("--length", 64);
+    let prompt_len: usize = arg("--prompt-len", 48);
+    let rows: usize = arg("--rows", 8);
+    let reps: usize = arg("--reps", 2);
+    let config = ModelConfig::preset(&preset).unwrap();
+    let device = Default::default();
+    let model = DiffusionLm::<Cpu>::init_with(&config, &device, 0, DType::F32);
+    let (ids, mask) = prompt_batch(config.vocab_size, rows, prompt_len);
+    println!(
+        "rollout bench (flex CPU, {} threads): preset {preset} (d{} x {}L, vocab {}), {rows} rows (2 prompts x {}; \
+         prompt {}/{} tokens, left-padded), K = {length}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        config.hidden_size,
+        config.num_hidden_layers,
+        config.vocab_size,
+        rows / 2,
+        prompt_len,
+        prompt_len * 2 / 3,
+    );
+    println!("sampler: temperature 1.2, top-p 0.95, entropy, alg_temp 0; median of {reps} runs after a warm-up");
+
+    let torch = if flag("--no-reference") {
+        println!("reference: skipped (--no-reference)");
+        None
+    } else {
+        match torch_available() {
+            Some(v) => {
+                println!(
+                    "reference: tools/reference_rollout.py, torch {v}, torch.set_num_threads(2)"
+                );
+                Some(v)
+            }
+            None => {
+                println!("reference: SKIPPED (python3 with torch + safetensors not found; pip install torch safetensors)");
+                None
+            }
+        }
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let prompts_path = tmp.path().join("prompts.json");
+    if torch.is_some() {
+        save_pretrained(&model, tmp.path().join("m"), SaveDtype::F32).unwrap();
+        let spec = serde_json::json!({"input_ids": ids, "attention_mask": mask, "mask_token_id": config.mask_token_id});
+        std::fs::write(&prompts_path, spec.to_string()).unwrap();
+    }
+
+    // The forward pass alone over [rows, P + K], for the share of time spent outside it.
+    let forward_ms = {
+        let l = ids[0].len() + length;
+        let x = Tensor::<Cpu, 2, Int>::from_data(
+            TensorData::new(vec![5i64; rows * l], [rows, l]),
+            &device,
+        );
+        let m = Tensor::<Cpu, 2, Int>::from_data(
+            TensorData::new(
+                mask.iter()
+                    .flat_map(|r| {
+                        r.iter()
+                            .map(|&v| v as i64)
+                            .chain(std::iter::repeat_n(1, length))
+                    })
+                    .collect::<Vec<_>>(),
+                [rows, l],
+            ),
+            &device,
+        );
+        let _ = model.forward_hidden(x.clone(), Some(m.clone())).into_data();
+        let times: Vec<f64> = (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                let _ = model.forward_hidden(x.clone(), Some(m.clone())).into_data();
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        median(times) * 1e3
+    };
+    println!(
+        "forward_hidden alone over [{rows}, {}]: {forward_ms:.1} ms",
+        ids[0].len() + length
+    );
+    {
+        // The sampler alone on the rows of an average step (half the completion still masked).
+        let r = rows * length / 2;
+        let logits = Tensor::<Cpu, 2>::random(
+            [r, config.vocab_size],
+            Distribution::Normal(0.0, 2.0),
+            &device,
+        );
+        let u = Tensor::<Cpu, 2>::random([r, 1], Distribution::Default, &device);
+        let params = SampleParams {
+            temperature: 1.2,
+            top_p: Some(0.95),
+            top_k: None,
+            confidence: Confidence::NegEntropy,
+            banned_token: Some(3),
+        };
+        let run = || {
+            let s = sample_tokens(logits.clone(), Some(u.clone()), &params).unwrap();
+            let _ = (s.tokens.into_data(), s.confidence.into_data());
+        };
+        run();
+        let times: Vec<f64> = (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                run();
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        println!(
+            "sample_tokens alone on [{r}, {}]: {:.1} ms",
+            config.vocab_size,
+            median(times) * 1e3
+        );
+    }
+
+    let tokens = rows * length;
+    println!(
+        "\n{:<22} {:>9} {:>8} {:>10} {:>12} {:>10}",
+        "run", "steps", "passes", "seconds", "tokens/s", "passes/s"
+    );
+    for steps in [length, length / 2] {
+        let rc = RolloutConfig {
+            max_new_tokens: length,
+            steps,
+            num_completions: 1,
+            ..RolloutConfig::default()
+        };
+        let (t, _) = ours(&model, &ids, &mask, &rc, reps);
+        let row = |name: &str, t: &Timing| {
+            println!(
+                "{name:<22} {steps:>9} {:>8} {:>10.3} {:>12.1} {:>10.2}",
+                t.forward_passes,
+                t.seconds,
+                tokens as f64 / t.seconds,
+                t.forward_passes as f64 / t.seconds
+            )
+        };
+        row("coupled-grpo (burn)", &t);
+        println!(
+            "{:<22} {:>9} {:.0}% of the time in forward_hidden",
+            "",
+            "",
+            100.0 * forward_ms * 1e-3 * t.forward_passes as f64 / t.seconds
+        );
+        if torch.is_some() {
+            match reference(&tmp.path().join("m"), &prompts_path, &rc, reps) {
+                Ok((r, _)) => {
+                    row("reference (torch)", &r);
+                    println!(
+                        "{:<22} {:>9} speed ratio (reference time / ours): {:.2}x",
+                        "",
+                        "",
+                        r.seconds / t.seconds
+                    );
+                }
+                Err(e) => println!("reference failed: {e}"),
+            }
+        }
+    }
+
+    if torch.is_some() {
+        // Same algorithm, same weights: greedy decoding should agree token for token. A wide
+        // init spreads the confidences (with the 0.02 init the positions are near-tied and
+        // float rounding alone can reorder them).
+        let mut wide = config.clone();
+        wide.initializer_range = 0.3;
+        let model = DiffusionLm::<Cpu>::init_with(&wide, &device, 1, DType::F32);
+        save_pretrained(&model, tmp.path().join("m"), SaveDtype::F32).unwrap();
+        let rc = RolloutConfig {
+            max_new_tokens: length.min(32),
+            steps: length.min(32),
+            temperature: 0.0,
+            top_p: None,
+            alg: Alg::Entropy,
+            num_completions: 1,
+            ..RolloutConfig::default()
+        };
+        let (_, a) = ours(&model, &ids, &mask, &rc, 1);
+        match reference(&tmp.path().join("m"), &prompts_path, &rc, 1) {
+            Ok((_, b)) => {
+                let same = a
+                    .iter()
+                    .flatten()
+                    .zip(b.iter().flatten())
+                    .filter(|(x, y)| x == y)
+                    .count();
+                println!(
+                    "\ntemperature-0 agreement with the reference (K = {}, init std 0.3): {same}/{} tokens",
+                    rc.max_new_tokens,
+                    a.iter().map(Vec::len).sum::<usize>()
+                );
+            }
+            Err(e) => println!("reference failed: {e}"),
+        }
+    }
+}
+
+const ALPHABET: &[u8] = b"abcdefgh";
+const COPY_PROMPT: &str = "copy:";
+
+/// Train the `tiny` preset on `w;w;w;` completions with the masked-diffusion objective
+/// (t ~ U(eps, 1), each completion token masked with probability t, CE on masked tokens / t).
+fn train_copy_model(tok: &Tokenizer, steps: usize) -> DiffusionLm<Cpu> {
+    let config = ModelConfig::preset("tiny").unwrap();
+    let device = Default::default();
+    let mut model = DiffusionLm::<CpuAutodiff>::init_with(&config, &device, 0, DType::F32);
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(0.0)
+        .init::<CpuAutodiff, DiffusionLm<CpuAutodiff>>();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let prompt = tok.encode(COPY_PROMPT).unwrap();
+    let mask = tok.special().mask as i64;
+    let batch = 32;
+    for step in 0..steps {
+        let (mut input, mut target, mut weight) = (Vec::new(), Vec::new(), Vec::new());
+        let mut comp_len = 0;
+        for _ in 0..batch {
+            let w: String = (0..5)
+                .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+                .collect();
+            let comp = tok.encode(&format!("{w};{w};{w};")).unwrap();
+            comp_len = comp.len();
+            let t: f32 = rng.random_range(1e-3..1.0);
+            for &p in &prompt {
+                input.push(p as i64);
+                target.push(p as i64);
+                weight.push(0.0f32);
+            }
+            for &c in &comp {
+                let masked = rng.random::<f32>() < t;
+                input.push(if masked { mask } else { c as i64 });
+                target.push(c as i64);
+                weight.push(if masked { 1.0 / t } else { 0.0 });
+            }
+        }
+        let len = prompt.len() + comp_len;
+        let input =
+            Tensor::<CpuAutodiff, 2, Int>::from_data(TensorData::new(input, [batch, len]), &device);
+        let target = Tensor::<CpuAutodiff, 2, Int>::from_data(
+            TensorData::new(target, [batch, len]),
+            &device,
+        );
+        let weight =
+            Tensor::<CpuAutodiff, 2>::from_data(TensorData::new(weight, [batch, len]), &device);
+        let logits = shift_logits(model.forward(input, None));
+        let lp = log_softmax(logits, 2)
+            .gather(2, target.unsqueeze_dim::<3>(2))
+            .squeeze_dim::<2>(2);
+        let loss = (lp * weight).sum().neg() / (batch * comp_len) as f64;
+        if step % 200 == 0 || step + 1 == steps {
+            let l: f32 = loss.clone().into_scalar();
+            println!("  train step {step:>4}: loss {l:.4}");
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(3e-3, model, grads);
+    }
+    model.valid()
+}
+
+/// `w;w;w;` with three equal 5-letter copies over the alphabet.
+fn consistent(text: &str) -> bool {
+    let parts: Vec<&str> = text.split(';').collect();
+    parts.len() == 4
+        && parts[3].is_empty()
+        && parts[..3]
+            .iter()
+            .all(|p| p.len() == 5 && p.bytes().all(|b| ALPHABET.contains(&b)))
+        && parts[0] == parts[1]
+        && parts[1] == parts[2]
+}
+
+fn threshold_study() {
+    let steps: usize = arg("--train-steps", 600);
+    let samples: usize = arg("--samples", 64);
+    println!("\nconfidence-threshold study: tiny preset trained {steps} steps on `w;w;w;` (5 letters over 8)");
+    let tok = byte_level_tokenizer().unwrap();
+    let t0 = Instant::now();
+    let model = train_copy_model(&tok, steps);
+    println!("  trained in {:.1} s", t0.elapsed().as_secs_f64());
+    let k = 18;
+    println!(
+        "  {samples} samples, K = {k}, steps = {k}, maskgit_plus (threshold on the token probability), temperature 1, no top-p"
+    );
+    println!(
+        "\n  {:<26} {:>14} {:>12} {:>16} {:>12}",
+        "decoding", "forward passes", "steps saved", "mean row steps", "consistent"
+    );
+    let prompts = vec![COPY_PROMPT.to_string()];
+    let mut baseline = None;
+    for tau in [
+        None,
+        Some(0.9f32),
+        Some(0.5),
+        Some(0.2),
+        Some(0.1),
+        Some(0.05),
+        Some(0.0),
+    ] {
+        let config = RolloutConfig {
+            max_new_tokens: k,
+            steps: k,
+            temperature: 1.0,
+            top_p: None,
+            alg: Alg::MaskgitPlus,
+            num_completions: samples,
+            confidence_threshold: tau,
+            record_trace: true,
+            truncate_text: false,
+            seed: 1,
+            ..RolloutConfig::default()
+        };
+        let b = generate(&model, &tok, &prompts, &config).unwrap();
+        let ok = b.texts.iter().filter(|t| consistent(t)).count();
+        let row_steps: f64 = b
+            .traces
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                t.revealed_per_step()
+                    .iter()
+                    .rposition(|&n| n > 0)
+                    .map_or(0, |i| i + 1) as f64
+            })
+            .sum::<f64>()
+            / samples as f64;
+        let name = match tau {
+            None => "schedule (1 token/step)".to_string(),
+            Some(t) => format!("threshold tau = {t}"),
+        };
+        let base = *baseline.get_or_insert(b.forward_passes);
+        println!(
+            "  {name:<26} {:>14} {:>11.0}% {:>16.1} {:>11.1}%",
+            b.forward_passes,
+            100.0 * (1.0 - b.forward_passes as f64 / base as f64),
+            row_steps,
+            100.0 * ok as f64 / samples as f64
+        );
+    }
+}

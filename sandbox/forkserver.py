@@ -1,0 +1,413 @@
+"""Forkserver of the process executor (src/sandbox/process.rs).
+
+Run by the host as `python3 -I -S -B -c <this file> <config json>`, as root. At start-up it
+  1. unshares a mount, a network and a PID namespace (created once for the whole worker tree:
+     per-sample namespaces halve throughput, see shared/docs/sandbox-notes.md);
+  2. forks the server proper, which is PID 1 of the new PID namespace: a sample's processes,
+     `setsid()` daemons included, can then all be killed with `kill(-1)`, and none of them can
+     signal the server (init of its namespace, and another uid);
+  3. mounts a size-capped tmpfs as the samples' root, with the stdlib bound read-only at its own
+     path (lazy imports keep working) and /dev/null; host files are not reachable from there;
+  4. pre-imports the modules of preload.txt (the host passes the list).
+Then, per request (one JSON line on stdin), it forks one child per attempt: the child chroots
+into the tmpfs root, applies rlimits, drops to an unprivileged uid with an empty environment,
+runs the solution and then each test, and reports each verdict on a private pipe (its
+stdout/stderr are /dev/null, so printing cannot forge a result). The server enforces the
+per-test deadline itself; a test that hangs, crashes or exits is charged alone and a fresh child
+re-runs the solution and continues with the next test. The reply is one JSON line on stdout.
+"""
+
+import builtins
+import ctypes
+import gc
+import json
+import os
+import random
+import resource
+import select
+import shutil
+import signal
+import sys
+import sysconfig
+import time
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+PR_SET_PDEATHSIG = 1
+PR_SET_NO_NEW_PRIVS = 38
+
+# Result-channel fd inside a sample.
+RESULT_FD = 3
+# Verdict details travel back to the host: keep them short.
+DETAIL_CHARS = 1000
+# A result line longer than this is a corrupt channel, not a verdict.
+MAX_LINE = 64 * 1024
+
+LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(ret, what):
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "%s: %s" % (what, os.strerror(err)))
+
+
+def _mount(source, target, fstype, flags, data):
+    _check(
+        LIBC.mount(
+            None if source is None else source.encode(),
+            target.encode(),
+            None if fstype is None else fstype.encode(),
+            ctypes.c_ulong(flags),
+            None if data is None else data.encode(),
+        ),
+        "mount %s" % target,
+    )
+
+
+def _send(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def _setup_root(config):
+    root = config["root"]
+    _mount(None, "/", None, MS_REC | MS_PRIVATE, None)
+    _mount(
+        "tmpfs",
+        root,
+        "tmpfs",
+        MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        "size=%d,nr_inodes=4096,mode=755" % config["tmpfs_bytes"],
+    )
+    # The stdlib at its own path, so that sys.path stays valid inside the chroot.
+    paths = {sysconfig.get_path("stdlib"), sysconfig.get_path("platstdlib")}
+    dynload = os.path.dirname(getattr(sys.modules.get("_json"), "__file__", "") or "")
+    if dynload:
+        paths.add(dynload)
+    for path in sorted(p for p in paths if p and os.path.isdir(p)):
+        target = root + path
+        os.makedirs(target, exist_ok=True)
+        _mount(path, target, None, MS_BIND | MS_REC, None)
+        _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
+    os.makedirs(root + "/dev", exist_ok=True)
+    open(root + "/dev/null", "w").close()
+    _mount("/dev/null", root + "/dev/null", None, MS_BIND, None)
+
+
+def _preload(names):
+    for name in names:
+        __import__(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inside a sample (after fork): nothing here may trust the program it runs.
+
+
+def _describe(exc):
+    try:
+        message = str(exc)
+    except BaseException:
+        message = "<unprintable>"
+    text = type(exc).__name__ + (": " + message if message else "")
+    return text[:DETAIL_CHARS]
+
+
+_encode = json.JSONEncoder(ensure_ascii=True).encode
+_write = os.write
+_getpid = os.getpid
+_exit = os._exit
+
+
+def _report(index, kind, detail):
+    data = (_encode([index, kind, detail]) + "\n").encode()
+    while data:
+        data = data[_write(RESULT_FD, data):]
+
+
+def _run(source, namespace, filename):
+    try:
+        exec(compile(source, filename, "exec"), namespace)
+    except MemoryError as exc:
+        return "memory", _describe(exc)
+    except SystemExit as exc:
+        return "exited", _describe(exc)
+    except BaseException as exc:
+        return "failed", _describe(exc)
+    return "passed", ""
+
+
+def _child(config, req, start, write_fd, devnull):
+    os.setsid()
+    # stdio first: devnull may itself be fd 3, which the result pipe takes over next.
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.dup2(write_fd, RESULT_FD)
+    os.closerange(RESULT_FD + 1, 1 << 16)
+    os.chroot(config["root"])
+    os.chdir("/tmp")
+    remaining = len(req["tests"]) - start + 1
+    cpu = int(req["timeout"] * remaining) + 1
+    limits = [
+        (resource.RLIMIT_CPU, cpu, cpu + 1),
+        (resource.RLIMIT_AS, req["memory_bytes"], req["memory_bytes"]),
+        (resource.RLIMIT_FSIZE, config["file_size_bytes"], config["file_size_bytes"]),
+        (resource.RLIMIT_NOFILE, config["open_files"], config["open_files"]),
+        (resource.RLIMIT_NPROC, config["processes"], config["processes"]),
+        (resource.RLIMIT_CORE, 0, 0),
+    ]
+    for which, soft, hard in limits:
+        resource.setrlimit(which, (soft, hard))
+    uid = config["uid"]
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+    LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    os.environ.clear()
+    os.environ.update({"HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8"})
+    # Forked children share the server's PRNG state: reseed from the kernel.
+    random.seed()
+    # Buffered output of earlier samples is not ours to flush.
+    sys.stdout = open(1, "w", closefd=False)
+    sys.stderr = open(2, "w", closefd=False)
+
+    me = _getpid()
+    namespace = {"__name__": "__main__", "__builtins__": builtins}
+    kind, detail = _run(req["code"], namespace, "<solution>")
+    # A process the program forked returns into this loop too: it must not report.
+    if _getpid() != me:
+        _exit(0)
+    _report(-1, kind, detail)
+    if kind == "passed":
+        tests = req["tests"]
+        for index in range(start, len(tests)):
+            kind, detail = _run(tests[index], dict(namespace), "<test>")
+            if _getpid() != me:
+                _exit(0)
+            _report(index, kind, detail)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The server (PID 1 of its namespace).
+
+
+def _outcome(kind, detail):
+    if kind == "passed":
+        return {"outcome": "passed"}
+    if kind == "failed":
+        return {"outcome": "failed", "detail": detail}
+    if kind == "memory":
+        return {"outcome": "memory"}
+    if kind == "exited":
+        return {"outcome": "crashed", "detail": "exited: " + detail}
+    if kind == "timeout":
+        return {"outcome": "timeout"}
+    return {"outcome": "crashed", "detail": detail}
+
+
+def _kill_all():
+    """Kill every other process of this PID namespace and reap them all (we are their init)."""
+    while True:
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        while True:
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+
+
+def _reap(pid):
+    """The child's wait status, or None while it is still running."""
+    try:
+        got, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    return status if got else None
+
+
+def _exit_verdict(status):
+    if status is None:
+        return "crashed", "closed the result channel"
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig == signal.SIGXCPU:
+            return "timeout", ""
+        return "crashed", "killed by signal %d (%s)" % (sig, signal.Signals(sig).name)
+    code = os.waitstatus_to_exitcode(status)
+    return "crashed", "exited with status %d before reporting" % code
+
+
+def _attempt(config, req, start, results, devnull):
+    """Run the solution and tests[start:] in one child; returns the index to resume from."""
+    tests = req["tests"]
+    n = len(tests)
+    tmp = config["root"] + "/tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.mkdir(tmp, 0o700)
+    os.chown(tmp, config["uid"], config["uid"])
+
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_fd)
+            _child(config, req, start, write_fd, devnull)
+        finally:
+            os._exit(125)
+    os.close(write_fd)
+    os.set_blocking(read_fd, False)
+    pidfd = os.pidfd_open(pid)
+
+    # expected: -1 while the solution runs, then the index of the running test.
+    expected = -1
+    buf = b""
+
+    def fill(kind, detail, first):
+        for j in range(first, n):
+            results[j] = _outcome(kind, detail)
+
+    def on_line(line):
+        """Returns the resume index when the attempt is over, else None."""
+        nonlocal expected
+        try:
+            index, kind, detail = json.loads(line)
+            valid = index == expected and kind in ("passed", "failed", "memory", "exited")
+        except (ValueError, TypeError):
+            valid = False
+        if not valid:
+            target = start if expected == -1 else expected
+            fill("crashed", "corrupt result channel", target)
+            return n
+        if index == -1:
+            if kind != "passed":
+                fill(kind, detail, start)
+                return n
+            expected = start
+            return n if start >= n else None
+        results[index] = _outcome(kind, detail)
+        expected = index + 1
+        return n if expected >= n else None
+
+    def drain():
+        nonlocal buf
+        eof = False
+        while True:
+            try:
+                chunk = os.read(read_fd, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                eof = True
+                break
+            buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            done = on_line(line)
+            if done is not None:
+                return done, eof
+        if len(buf) > MAX_LINE:
+            return on_line(b"x"), eof
+        return None, eof
+
+    try:
+        deadline = time.monotonic() + req["timeout"]
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                if expected == -1:
+                    fill("timeout", "", start)
+                    return n
+                results[expected] = _outcome("timeout", "")
+                return expected + 1
+            ready, _, _ = select.select([read_fd, pidfd], [], [], remaining)
+            before = expected
+            done, eof = drain()
+            if done is not None:
+                return done
+            if expected != before:
+                deadline = time.monotonic() + req["timeout"]
+            if not eof and pidfd not in ready:
+                continue
+            # The child died or closed its channel: charge the step that was running.
+            kind, detail = _exit_verdict(_reap(pid))
+            if expected == -1:
+                fill(kind, detail, start)
+                return n
+            results[expected] = _outcome(kind, detail)
+            return expected + 1
+    finally:
+        os.close(pidfd)
+        os.close(read_fd)
+        _kill_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _handle(config, req, devnull):
+    n = len(req["tests"])
+    results = [None] * n
+    start = 0
+    while start < n:
+        start = _attempt(config, req, start, results, devnull)
+    return results
+
+
+def _serve(config):
+    LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    _setup_root(config)
+    devnull = os.open("/dev/null", os.O_RDWR)
+    _preload(config["preload"])
+    # Objects that exist now are never collected: keeps the children's pages shared.
+    gc.freeze()
+    _send({"ready": True, "python": sys.version.split()[0]})
+    stdin = sys.stdin.buffer
+    while True:
+        line = stdin.readline()
+        if not line:
+            return
+        try:
+            req = json.loads(line)
+            results = _handle(config, req, devnull)
+            _send({"outcomes": results})
+        except Exception as exc:  # a host bug: report it, keep serving
+            _send({"error": "%s: %s" % (type(exc).__name__, exc)})
+
+
+def main():
+    config = json.loads(sys.argv[1])
+    try:
+        _check(LIBC.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID), "unshare")
+    except OSError as exc:
+        _send({"error": "cannot create namespaces (needs root or CAP_SYS_ADMIN): %s" % exc})
+        return 1
+    pid = os.fork()
+    if pid:
+        # The outer process only waits: it holds no role but to be killable by the host.
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status)
+    try:
+        _serve(config)
+    except BaseException as exc:
+        _send({"error": "forkserver: %s: %s" % (type(exc).__name__, exc)})
+        os._exit(1)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

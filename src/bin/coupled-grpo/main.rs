@@ -1,0 +1,44 @@
+//! `coupled-grpo`: the command-line tool. One file per verb; each exposes `Args` and `run`.
+
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod generate;
+mod model;
+mod reward;
+mod train;
+
+/// Coupled-GRPO for masked-diffusion code LLMs.
+#[derive(Parser)]
+#[command(name = "coupled-grpo", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Benchmarks of the project's own model (CPU or CUDA).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Sample completions (batched masked-diffusion decoding, optional decode-order traces).
+    Generate(generate::Args),
+    /// Create, inspect and run HF-format model directories.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
+    /// Score completions against their tests (format + pass rate) in the sandbox.
+    Reward(reward::Args),
+    /// Train with coupled-GRPO (or the d1 / full-mask / decoupled baselines) from a TOML config.
+    Train(train::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Bench(cmd) => bench::run(cmd),
+        Command::Generate(args) => generate::run(args),
+        Command::Model(cmd) => model::run(cmd),
+        Command::Reward(args) => reward::run(args),
+        Command::Train(args) => train::run(args),
+    }
+}

@@ -1,0 +1,331 @@
+//! The likelihood-estimator contract and the machinery every estimator shares: building masked
+//! views of a batch, one forward pass over all views, and a chunked target-log-prob gather.
+
+use std::ops::Range;
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
+
+use super::masks::MaskSeed;
+use crate::model::DiffusionLm;
+use crate::{Error, Result};
+
+/// Default cap on the f32 logits materialised at once by [`completion_log_probs`] (256 MiB).
+pub const DEFAULT_MAX_LOGIT_BYTES: usize = 256 << 20;
+
+/// Sequences to score, on the host: left-padded prompts followed by fixed-length completions.
+///
+/// `row_index[r]` is row `r`'s index in the rollout batch. It selects the row's mask stream,
+/// so a chunk of the batch ([`ScoreBatch::select`]) draws exactly the masks the whole batch
+/// would.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScoreBatch {
+    /// `[rows][P]`, left-padded.
+    pub prompt_ids: Vec<Vec<u32>>,
+    /// `[rows][P]`, 1 = token, 0 = left pad.
+    pub prompt_mask: Vec<Vec<u32>>,
+    /// `[rows][K]`.
+    pub completion_ids: Vec<Vec<u32>>,
+    /// `[rows]`: index of each row in the rollout batch.
+    pub row_index: Vec<usize>,
+}
+
+impl ScoreBatch {
+    /// Validate shapes (rectangular, `P ≥ 1`, `K ≥ 1`) and number rows `0..rows`.
+    pub fn new(
+        prompt_ids: Vec<Vec<u32>>,
+        prompt_mask: Vec<Vec<u32>>,
+        completion_ids: Vec<Vec<u32>>,
+    ) -> Result<Self> {
+        let rows = prompt_ids.len();
+        let batch = Self {
+            prompt_ids,
+            prompt_mask,
+            completion_ids,
+            row_index: (0..rows).collect(),
+        };
+        batch.validate()?;
+        Ok(batch)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let rows = self.prompt_ids.len();
+        if rows == 0 {
+            return Err(Error::invalid("batch", "no rows to score"));
+        }
+        if self.prompt_mask.len() != rows
+            || self.completion_ids.len() != rows
+            || self.row_index.len() != rows
+        {
+            return Err(Error::invalid(
+                "batch",
+                "prompt ids, prompt mask, completions and row index disagree on the number of rows",
+            ));
+        }
+        let (p, k) = (self.prompt_ids[0].len(), self.completion_ids[0].len());
+        if p == 0 {
+            // Dream's shift scores completion token 0 from the last prompt row.
+            return Err(Error::invalid(
+                "batch",
+                "prompts must hold at least one position",
+            ));
+        }
+        if k == 0 {
+            return Err(Error::invalid("batch", "completions are empty"));
+        }
+        for r in 0..rows {
+            if self.prompt_ids[r].len() != p
+                || self.prompt_mask[r].len() != p
+                || self.completion_ids[r].len() != k
+            {
+                return Err(Error::invalid(
+                    "batch",
+                    format!("row {r} is not [{p}] prompt + [{k}] completion"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn rows(&self) -> usize {
+        self.prompt_ids.len()
+    }
+
+    /// `P`, the padded prompt length.
+    pub fn prompt_len(&self) -> usize {
+        self.prompt_ids[0].len()
+    }
+
+    /// `K`, the completion length.
+    pub fn completion_len(&self) -> usize {
+        self.completion_ids[0].len()
+    }
+
+    /// `L = P + K`.
+    pub fn seq_len(&self) -> usize {
+        self.prompt_len() + self.completion_len()
+    }
+
+    /// Rows `range` (keeping their rollout-batch indices, hence their masks).
+    pub fn select(&self, range: Range<usize>) -> Self {
+        Self {
+            prompt_ids: self.prompt_ids[range.clone()].to_vec(),
+            prompt_mask: self.prompt_mask[range.clone()].to_vec(),
+            completion_ids: self.completion_ids[range.clone()].to_vec(),
+            row_index: self.row_index[range].to_vec(),
+        }
+    }
+
+    /// True when some prompt has left padding (then scoring passes the padding mask).
+    pub fn has_padding(&self) -> bool {
+        self.prompt_mask.iter().any(|m| m.contains(&0))
+    }
+}
+
+/// Per-token scores of one estimator call.
+#[derive(Debug, Clone)]
+pub struct Scores<B: Backend> {
+    /// `[rows, K]` f32: the estimator's per-token log-likelihood score (not a true
+    /// log-probability for the coupled/decoupled estimators; see their docs).
+    pub per_token: Tensor<B, 2>,
+    /// Sequences forwarded through the model (rows × passes per sequence).
+    pub forward_passes: usize,
+    /// The mask ratios `t` drawn for this call (one per pair; empty when none is drawn).
+    pub ratios: Vec<f32>,
+}
+
+/// A likelihood estimator for masked-diffusion policies: given a model, a batch of
+/// prompt+completion sequences and a [`MaskSeed`], return a per-token score for every
+/// completion position. Only completion tokens are masked (D1 also masks prompt tokens), the
+/// Dream logit shift applies (row `j − 1` scores token `j`), and the prompt's padding mask is
+/// passed to every forward. Equal seeds give identical masks, so π_old, π_ref and π_θ compare
+/// like with like.
+pub trait LikelihoodEstimator {
+    /// Short name (`coupled`, `decoupled`, `d1`, `full_mask`) for logs and metrics.
+    fn name(&self) -> &'static str;
+
+    /// Forward passes per scored sequence.
+    fn passes_per_sequence(&self) -> usize;
+
+    /// Score `batch` with `model` under the masks keyed by `seed`.
+    ///
+    /// # Shapes
+    /// - returns [`Scores::per_token`] `[batch.rows(), batch.completion_len()]`
+    fn score<B: Backend>(
+        &self,
+        model: &DiffusionLm<B>,
+        batch: &ScoreBatch,
+        seed: MaskSeed,
+    ) -> Result<Scores<B>>;
+}
+
+/// One masked copy of the batch and the weight each completion token's log-prob gets from it.
+#[derive(Debug, Clone)]
+pub struct View {
+    /// `[rows * L]` row-major input ids (mask token written in).
+    pub input_ids: Vec<i64>,
+    /// `[rows * K]` row-major weights of this view's target log-probs.
+    pub weights: Vec<f32>,
+}
+
+/// Score `views` of `batch` in one forward pass over all views stacked along the batch axis:
+/// `score[r, k] = Σ_v weights_v[r, k] · log p_v(y_rk)`.
+///
+/// # Shapes
+/// - each view: `input_ids` `[rows * L]`, `weights` `[rows * K]`
+/// - returns `[rows, K]`
+pub fn score_views<B: Backend>(
+    model: &DiffusionLm<B>,
+    batch: &ScoreBatch,
+    views: &[View],
+    max_logit_bytes: usize,
+) -> Result<Tensor<B, 2>> {
+    let (rows, p, k, l) = (
+        batch.rows(),
+        batch.prompt_len(),
+        batch.completion_len(),
+        batch.seq_len(),
+    );
+    let nv = views.len();
+    if nv == 0 {
+        return Err(Error::invalid(
+            "views",
+            "an estimator needs at least one view",
+        ));
+    }
+    let device = model.embed_tokens.val().device();
+    let mut ids = Vec::with_capacity(nv * rows * l);
+    let mut weights = Vec::with_capacity(nv * rows * k);
+    for view in views {
+        if view.input_ids.len() != rows * l || view.weights.len() != rows * k {
+            return Err(Error::invalid(
+                "views",
+                "a view does not match the batch shape",
+            ));
+        }
+        ids.extend_from_slice(&view.input_ids);
+        weights.extend_from_slice(&view.weights);
+    }
+    let n = nv * rows;
+    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, l]), &device);
+    let attention = batch.has_padding().then(|| {
+        let mut mask = Vec::with_capacity(n * l);
+        for _ in 0..nv {
+            for r in 0..rows {
+                mask.extend(batch.prompt_mask[r].iter().map(|&m| m as i64));
+                mask.extend(std::iter::repeat_n(1i64, k));
+            }
+        }
+        Tensor::<B, 2, Int>::from_data(TensorData::new(mask, [n, l]), &device)
+    });
+    let mut targets = Vec::with_capacity(n * k);
+    for _ in 0..nv {
+        for row in &batch.completion_ids {
+            targets.extend(row.iter().map(|&t| t as i64));
+        }
+    }
+    let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [n, k]), &device);
+    let lp = completion_log_probs(model, input, attention, targets, p, max_logit_bytes); // [n, k]
+    let weights = Tensor::<B, 3>::from_data(TensorData::new(weights, [nv, rows, k]), &device);
+    Ok((lp.reshape([nv, rows, k]) * weights)
+        .sum_dim(0)
+        .reshape([rows, k]))
+}
+
+/// Log-probability of each completion target under the model, with Dream's shift (the hidden
+/// state at position `j − 1` scores token `j`), gathered chunk by chunk so that at most
+/// `max_logit_bytes` of f32 logits exist at once (a 152k vocabulary would otherwise need
+/// gigabytes per micro-batch).
+///
+/// # Shapes
+/// - input_ids: `[n, P + K]`
+/// - attention_mask: `[n, P + K]` (1 = token, 0 = left pad) or `None`
+/// - targets: `[n, K]`, the completion token ids
+/// - returns `[n, K]` f32
+pub fn completion_log_probs<B: Backend>(
+    model: &DiffusionLm<B>,
+    input_ids: Tensor<B, 2, Int>,
+    attention_mask: Option<Tensor<B, 2, Int>>,
+    targets: Tensor<B, 2, Int>,
+    prompt_len: usize,
+    max_logit_bytes: usize,
+) -> Tensor<B, 2> {
+    let [n, k] = targets.dims();
+    assert!(
+        prompt_len >= 1,
+        "the Dream shift needs at least one prompt position"
+    );
+    let hidden = model.forward_hidden(input_ids, attention_mask);
+    let [_, _, h] = hidden.dims();
+    // Rows P-1 .. P+K-2 predict completion tokens P .. P+K-1.
+    let hidden = hidden.slice([0..n, prompt_len - 1..prompt_len - 1 + k, 0..h]);
+    let vocab = model.config().vocab_size;
+    let per_row = k * vocab * std::mem::size_of::<f32>();
+    let chunk = (max_logit_bytes / per_row.max(1)).clamp(1, n);
+    let mut parts = Vec::with_capacity(n.div_ceil(chunk));
+    let mut start = 0;
+    while start < n {
+        let end = (start + chunk).min(n);
+        let logits = model
+            .logits_from_hidden(hidden.clone().slice([start..end, 0..k, 0..h]))
+            .cast(DType::F32);
+        let lp = log_softmax(logits, 2);
+        let idx = targets
+            .clone()
+            .slice([start..end, 0..k])
+            .unsqueeze_dim::<3>(2);
+        parts.push(lp.gather(2, idx).squeeze_dim::<2>(2));
+        start = end;
+    }
+    if parts.len() == 1 {
+        parts.pop().expect("one part")
+    } else {
+        Tensor::cat(parts, 0)
+    }
+}
+
+/// Row-major `[rows * K]` weights, `w(row, k)`.
+pub(crate) fn weight_grid(
+    rows: usize,
+    k: usize,
+    mut w: impl FnMut(usize, usize) -> f32,
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows * k);
+    for r in 0..rows {
+        for j in 0..k {
+            out.push(w(r, j));
+        }
+    }
+    out
+}
+
+/// Build one [`View`]: for each row, which prompt/completion positions get `<|mask|>` and the
+/// weight of each completion token's log-prob.
+///
+/// # Shapes
+/// - `masks(r)` returns (`[P]` prompt mask or `None`, `[K]` completion mask)
+/// - `weight(r, k)`: the weight of completion token `k` of row `r`
+pub(crate) fn build_view(
+    batch: &ScoreBatch,
+    mask_id: u32,
+    mut masks: impl FnMut(usize) -> (Option<Vec<bool>>, Vec<bool>),
+    weight: impl FnMut(usize, usize) -> f32,
+) -> View {
+    let (rows, l) = (batch.rows(), batch.seq_len());
+    let mut input_ids = Vec::with_capacity(rows * l);
+    for r in 0..rows {
+        let (prompt_masked, completion_masked) = masks(r);
+        input_ids.extend(super::masks::masked_input(
+            &batch.prompt_ids[r],
+            &batch.prompt_mask[r],
+            prompt_masked.as_deref(),
+            &batch.completion_ids[r],
+            &completion_masked,
+            mask_id,
+        ));
+    }
+    View {
+        input_ids,
+        weights: weight_grid(rows, batch.completion_len(), weight),
+    }
+}

@@ -1,0 +1,22 @@
+//! GRPO on top of the likelihood estimators: advantages, the clipped k3-KL loss, the optimiser
+//! and its schedule, the reference model, checkpoints and the trainer (spec §1.5–1.8, §9).
+
+pub mod advantage;
+pub mod loss;
+
+pub use advantage::{group_advantages, AdvantageStats, Baseline};
+pub use loss::{grpo_loss, LossConfig, LossSums};
+pub mod optimizer;
+pub mod reference;
+pub mod schedule;
+
+pub use optimizer::{global_grad_norm, GrpoOptimizer, OptimizerConfig, UpdateOutcome};
+pub use reference::{all_finite, soft_update};
+pub use schedule::{LrSchedule, ScheduleKind};
+pub mod checkpoint;
+pub mod config;
+pub mod trainer;
+
+pub use checkpoint::{SamplerState, TrainerState};
+pub use config::TrainConfig;
+pub use trainer::{IterationStats, Rewards, SandboxStats, StepStats, Trainer, WeightedReward};

@@ -1,0 +1,451 @@
+//! AdamW with Hugging Face's parameter groups, a global gradient-norm clip and a non-finite
+//! guard, plus exact save/load of its state.
+//!
+//! Burn's `GradientClipping::Norm` clips each parameter's gradient by its own norm; HF/TRL clip
+//! by the norm of all gradients together (`clip_grad_norm_`), so the global norm is computed
+//! here and the gradients are scaled before Burn's AdamW sees them. HF also exempts biases and
+//! norm weights from weight decay; here every rank-1 parameter (biases, RMSNorm weights) goes to
+//! a second AdamW without decay.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::record::AdaptorRecord;
+use burn::optim::{
+    AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, GradientsParams, Optimizer,
+};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use super::schedule::ScheduleKind;
+use crate::model::DiffusionLm;
+use crate::{Error, Result};
+
+/// `[optimizer]` section: AdamW, its schedule and gradient clipping (released values).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimizerConfig {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Adam β1.
+    pub beta1: f32,
+    /// Adam β2.
+    pub beta2: f32,
+    /// Adam ε (HF default 1e-8).
+    pub epsilon: f32,
+    /// Decoupled weight decay of rank ≥ 2 parameters (biases and norms get none, as in HF).
+    pub weight_decay: f32,
+    /// Clip the global gradient norm to this value; 0 disables clipping.
+    pub max_grad_norm: f64,
+    /// `cosine_with_min_lr` | `constant_with_warmup`.
+    pub schedule: ScheduleKind,
+    /// Warm-up as a fraction of all optimizer steps (`ceil(total · ratio)` steps).
+    pub warmup_ratio: f64,
+    /// Explicit warm-up steps (overrides `warmup_ratio`).
+    pub warmup_steps: Option<u64>,
+    /// Floor of the cosine as a fraction of `lr`.
+    pub min_lr_ratio: f64,
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-6,
+            beta1: 0.9,
+            beta2: 0.99,
+            epsilon: 1e-8,
+            weight_decay: 0.1,
+            max_grad_norm: 0.2,
+            schedule: ScheduleKind::CosineWithMinLr,
+            warmup_ratio: 1e-4,
+            warmup_steps: None,
+            min_lr_ratio: 0.1,
+        }
+    }
+}
+
+type Adam<B> = OptimizerAdaptor<AdamW, DiffusionLm<B>, B>;
+
+/// What one [`GrpoOptimizer::step`] did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UpdateOutcome {
+    /// Global L2 norm of the gradients before clipping (NaN/inf when they were not finite).
+    pub grad_norm: f64,
+    /// False when the update was skipped because the gradients were not finite.
+    pub applied: bool,
+}
+
+/// AdamW over two parameter groups (decay / no decay) with global-norm clipping.
+pub struct GrpoOptimizer<B: AutodiffBackend> {
+    decay: Adam<B>,
+    no_decay: Adam<B>,
+    config: OptimizerConfig,
+}
+
+impl<B: AutodiffBackend> GrpoOptimizer<B> {
+    pub fn new(config: OptimizerConfig) -> Result<Self> {
+        if config.max_grad_norm.is_nan() || config.max_grad_norm < 0.0 {
+            return Err(Error::config("optimizer.max_grad_norm", "must be ≥ 0"));
+        }
+        if !(0.0..1.0).contains(&config.beta1) || !(0.0..1.0).contains(&config.beta2) {
+            return Err(Error::config(
+                "optimizer.beta1",
+                "Adam betas must be in [0, 1)",
+            ));
+        }
+        let adam = |wd: f32| {
+            AdamWConfig::new()
+                .with_beta_1(config.beta1)
+                .with_beta_2(config.beta2)
+                .with_epsilon(config.epsilon)
+                .with_weight_decay(wd)
+                .init::<B, DiffusionLm<B>>()
+        };
+        Ok(Self {
+            decay: adam(config.weight_decay),
+            no_decay: adam(0.0),
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &OptimizerConfig {
+        &self.config
+    }
+
+    /// Clip `grads` to the global norm, then apply AdamW with learning rate `lr`. Non-finite
+    /// gradients skip the update entirely (parameters and Adam moments untouched).
+    pub fn step(
+        &mut self,
+        lr: f64,
+        model: DiffusionLm<B>,
+        grads: GradientsParams,
+    ) -> (DiffusionLm<B>, UpdateOutcome) {
+        let norm = global_grad_norm(&model, &grads);
+        if !norm.is_finite() {
+            return (
+                model,
+                UpdateOutcome {
+                    grad_norm: norm,
+                    applied: false,
+                },
+            );
+        }
+        let mut grads = grads;
+        let max = self.config.max_grad_norm;
+        if max > 0.0 {
+            // torch.nn.utils.clip_grad_norm_: scale by max / (norm + 1e-6) when that is < 1.
+            let coef = max / (norm + 1e-6);
+            if coef < 1.0 {
+                grads = scale_grads(&model, grads, coef);
+            }
+        }
+        let (decay, no_decay) = split_by_rank(&model, grads);
+        let model = self.decay.step(lr, model, decay);
+        let model = self.no_decay.step(lr, model, no_decay);
+        (
+            model,
+            UpdateOutcome {
+                grad_norm: norm,
+                applied: true,
+            },
+        )
+    }
+
+    /// Write the Adam moments of every parameter of `model` (by visit order) to a safetensors
+    /// file, f32, bit-exact.
+    pub fn save(&self, model: &DiffusionLm<B>, path: &Path) -> Result<()> {
+        let mut visitor = SaveState::<B> {
+            decay: self.decay.to_record(),
+            no_decay: self.no_decay.to_record(),
+            index: 0,
+            tensors: BTreeMap::new(),
+            times: BTreeMap::new(),
+        };
+        model.visit(&mut visitor);
+        let mut metadata = std::collections::HashMap::new();
+        metadata.insert("format".to_string(), "coupled-grpo adamw v1".to_string());
+        metadata.insert(
+            "time".to_string(),
+            serde_json::to_string(&visitor.times).expect("times serialise"),
+        );
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = visitor
+            .tensors
+            .iter()
+            .map(|(k, (shape, bytes))| {
+                let view = safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::F32,
+                    shape.clone(),
+                    bytes,
+                )
+                .expect("consistent tensor view");
+                (k.clone(), view)
+            })
+            .collect();
+        let bytes =
+            safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Checkpoint {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        crate::util::write_atomic(path, &bytes)
+    }
+
+    /// Restore the state written by [`Self::save`] for `model` (whose parameter ids may differ
+    /// from the saving run's: entries are matched by visit order and shape).
+    pub fn load(&mut self, model: &DiffusionLm<B>, path: &Path) -> Result<()> {
+        let err = |message: String| Error::Checkpoint {
+            path: path.to_path_buf(),
+            message,
+        };
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let (_, meta) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| err(e.to_string()))?;
+        let times: BTreeMap<usize, usize> = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("time"))
+            .map(|t| serde_json::from_str(t))
+            .transpose()
+            .map_err(|e| err(format!("bad time metadata: {e}")))?
+            .unwrap_or_default();
+        let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| err(e.to_string()))?;
+        let mut visitor = LoadState::<B> {
+            file: &file,
+            times: &times,
+            index: 0,
+            decay: Default::default(),
+            no_decay: Default::default(),
+            error: None,
+            device: model.embed_tokens.val().device(),
+        };
+        model.visit(&mut visitor);
+        if let Some(e) = visitor.error {
+            return Err(err(e));
+        }
+        if visitor.index * 2 < times.len() {
+            return Err(err(
+                "the file holds state for more parameters than the model has".into(),
+            ));
+        }
+        let (decay, no_decay) = (visitor.decay, visitor.no_decay);
+        take_load(&mut self.decay, decay);
+        take_load(&mut self.no_decay, no_decay);
+        Ok(())
+    }
+}
+
+fn take_load<B: AutodiffBackend>(
+    opt: &mut Adam<B>,
+    record: <Adam<B> as Optimizer<DiffusionLm<B>, B>>::Record,
+) {
+    let fresh = std::mem::replace(opt, AdamWConfig::new().init::<B, DiffusionLm<B>>());
+    *opt = fresh.load_record(record);
+}
+
+/// Global L2 norm of all gradients of `model`'s parameters (one host read).
+pub fn global_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    grads: &GradientsParams,
+) -> f64 {
+    struct SquareSums<'a, B: AutodiffBackend> {
+        grads: &'a GradientsParams,
+        sums: Vec<Tensor<B::InnerBackend, 1>>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for SquareSums<'_, B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
+                self.sums.push(g.square().sum());
+            }
+        }
+    }
+    let mut v = SquareSums::<B> {
+        grads,
+        sums: Vec::new(),
+    };
+    model.visit(&mut v);
+    if v.sums.is_empty() {
+        return 0.0;
+    }
+    let sums = Tensor::cat(v.sums, 0)
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("f32 sums");
+    sums.iter().map(|&s| s as f64).sum::<f64>().sqrt()
+}
+
+/// Multiply every gradient of `model`'s parameters by `factor`.
+pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    grads: GradientsParams,
+    factor: f64,
+) -> GradientsParams {
+    struct Scale<B: AutodiffBackend> {
+        grads: GradientsParams,
+        factor: f64,
+        _b: std::marker::PhantomData<B>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+                self.grads
+                    .register::<B::InnerBackend, D>(param.id, g.mul_scalar(self.factor));
+            }
+        }
+    }
+    let mut v = Scale::<B> {
+        grads,
+        factor,
+        _b: std::marker::PhantomData,
+    };
+    model.visit(&mut v);
+    v.grads
+}
+
+/// Split gradients into (rank ≥ 2: weight decay, rank 1: none).
+fn split_by_rank<B: AutodiffBackend>(
+    model: &DiffusionLm<B>,
+    grads: GradientsParams,
+) -> (GradientsParams, GradientsParams) {
+    struct Split<B: AutodiffBackend> {
+        all: GradientsParams,
+        decay: GradientsParams,
+        no_decay: GradientsParams,
+        _b: std::marker::PhantomData<B>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Split<B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(g) = self.all.remove::<B::InnerBackend, D>(param.id) {
+                let target = if D >= 2 {
+                    &mut self.decay
+                } else {
+                    &mut self.no_decay
+                };
+                target.register::<B::InnerBackend, D>(param.id, g);
+            }
+        }
+    }
+    let mut v = Split::<B> {
+        all: grads,
+        decay: GradientsParams::new(),
+        no_decay: GradientsParams::new(),
+        _b: std::marker::PhantomData,
+    };
+    model.visit(&mut v);
+    (v.decay, v.no_decay)
+}
+
+type Record<B> = <Adam<B> as Optimizer<DiffusionLm<B>, B>>::Record;
+
+struct SaveState<B: AutodiffBackend> {
+    decay: Record<B>,
+    no_decay: Record<B>,
+    index: usize,
+    tensors: BTreeMap<String, (Vec<usize>, Vec<u8>)>,
+    times: BTreeMap<usize, usize>,
+}
+
+fn f32_bytes<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<usize>, Vec<u8>) {
+    let shape = t.dims().to_vec();
+    let values = t
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("f32 moments");
+    (shape, values.iter().flat_map(|v| v.to_le_bytes()).collect())
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for SaveState<B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let i = self.index;
+        self.index += 1;
+        let record = self
+            .decay
+            .get(&param.id)
+            .or_else(|| self.no_decay.get(&param.id));
+        if let Some(record) = record {
+            let state: AdamWState<B::InnerBackend, D> = record.clone().into_state::<D>();
+            let m = state.momentum;
+            self.times.insert(i, m.time);
+            self.tensors
+                .insert(format!("{i}.exp_avg"), f32_bytes(m.moment_1));
+            self.tensors
+                .insert(format!("{i}.exp_avg_sq"), f32_bytes(m.moment_2));
+        }
+    }
+}
+
+struct LoadState<'a, B: AutodiffBackend> {
+    file: &'a safetensors::SafeTensors<'a>,
+    times: &'a BTreeMap<usize, usize>,
+    index: usize,
+    decay: Record<B>,
+    no_decay: Record<B>,
+    error: Option<String>,
+    device: B::Device,
+}
+
+impl<B: AutodiffBackend> LoadState<'_, B> {
+    fn tensor<const D: usize>(
+        &self,
+        key: &str,
+        shape: &[usize],
+    ) -> std::result::Result<Tensor<B::InnerBackend, D>, String> {
+        let view = self.file.tensor(key).map_err(|e| format!("`{key}`: {e}"))?;
+        if view.shape() != shape || view.dtype() != safetensors::Dtype::F32 {
+            return Err(format!(
+                "`{key}` has shape {:?} ({:?}), the parameter {shape:?} f32",
+                view.shape(),
+                view.dtype()
+            ));
+        }
+        let values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        Ok(Tensor::from_data(
+            TensorData::new(values, shape.to_vec()),
+            &self.device,
+        ))
+    }
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for LoadState<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let i = self.index;
+        self.index += 1;
+        if self.error.is_some() {
+            return;
+        }
+        let Some(&time) = self.times.get(&i) else {
+            return; // no state yet for this parameter (never updated)
+        };
+        let shape = param.val().dims().to_vec();
+        let loaded = self
+            .tensor::<D>(&format!("{i}.exp_avg"), &shape)
+            .and_then(|m1| Ok((m1, self.tensor::<D>(&format!("{i}.exp_avg_sq"), &shape)?)));
+        match loaded {
+            Ok((moment_1, moment_2)) => {
+                let state = AdamWState {
+                    momentum: AdaptiveMomentumState {
+                        time,
+                        moment_1,
+                        moment_2,
+                        max_moment_2: None,
+                    },
+                };
+                let record = AdaptorRecord::<AdamW, B>::from_state::<D>(state);
+                let id: ParamId = param.id;
+                if D >= 2 {
+                    self.decay.insert(id, record);
+                } else {
+                    self.no_decay.insert(id, record);
+                }
+            }
+            Err(e) => self.error = Some(format!("parameter {i}: {e}")),
+        }
+    }
+}

@@ -1,0 +1,1150 @@
+//! The coupled-GRPO trainer: a library object a Rust loop can drive one rollout round at a time
+//! (`rollout → rewards → advantages → μ updates`), with pluggable rewards and executors.
+//!
+//! ```no_run
+//! # use coupled_grpo::grpo::{Trainer, TrainConfig};
+//! # use coupled_grpo::backend::CpuAutodiff;
+//! # fn main() -> coupled_grpo::Result<()> {
+//! let config = TrainConfig::load("examples/configs/tiny.toml".as_ref(), &[])?;
+//! let mut trainer = Trainer::<CpuAutodiff>::new(config, Default::default())?;
+//! for _ in 0..3 {
+//!     let stats = trainer.step()?;
+//!     println!("reward {:.3} kl {:.4}", stats.reward, stats.kl);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! One round (spec §1.12 with the §9 decisions): sample `prompts_per_step` tasks, generate G
+//! completions each with the current policy, score them, compute group advantages, then for
+//! each iteration `j < μ` (mask seed keyed by (round, j)) run one pass over the
+//! `gradient_accumulation_steps` chunks and take one AdamW step. π_old (when μ > 1) and π_ref
+//! are scored right after the rollout with the same seeds; with μ = 1, π_old is the detached
+//! current score, so the ratio is exactly 1.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{DType, Tensor, TensorData};
+use rand::Rng;
+
+use super::advantage::{group_advantages, AdvantageStats};
+use super::checkpoint::{
+    self, RngState, SamplerState, TrainerState, OPTIMIZER_FILE, REFERENCE_DIR, STATE_FORMAT,
+};
+use super::config::TrainConfig;
+use super::loss::{grpo_loss, LossSums};
+use super::optimizer::GrpoOptimizer;
+use super::reference::{all_finite, soft_update};
+use super::schedule::LrSchedule;
+use crate::data::{self, Task};
+use crate::estimator::masks::keyed_rng;
+use crate::estimator::{Estimator, LikelihoodEstimator, MaskSeed, ScoreBatch};
+use crate::metrics::{names, CompletionSample, JsonlSink, Metrics, Progress};
+use crate::model::{self, DiffusionLm, SaveDtype, Tokenizer};
+use crate::reward::{CombinedReward, RewardFn};
+use crate::rollout::{self, RolloutBatch};
+use crate::sandbox::{Executor, Limits, Outcome, Pool};
+use crate::{Error, Result};
+
+/// Key domains of the trainer's keyed RNG uses (masks use their own, see `estimator::masks`).
+const TASK_ORDER_DOMAIN: u64 = 0x7461_736b_5f6f_7264; // "task_ord"
+const ROLLOUT_DOMAIN: u64 = 0x726f_6c6c_6f75_7421; // "rollout!"
+
+/// A user reward function and its weight in the total.
+#[derive(Clone)]
+pub struct WeightedReward {
+    pub reward: Arc<dyn RewardFn>,
+    pub weight: f32,
+}
+
+/// Where rewards come from.
+#[derive(Clone)]
+pub enum Rewards {
+    /// The released `code · w_c + format · w_f`, evaluated once per batch through a sandbox
+    /// pool; logs both components (`rewards/code_reward/mean`, `rewards/code_format_reward/mean`)
+    /// and sandbox outcomes.
+    Combined(CombinedReward),
+    /// Any weighted set of [`RewardFn`]s; the total is `Σ weight · value`, a `None` value
+    /// skipped (TRL's `nansum`).
+    Functions(Vec<WeightedReward>),
+}
+
+impl Rewards {
+    /// The released reward over any [`Executor`].
+    pub fn combined(
+        executor: Arc<dyn Executor>,
+        workers: usize,
+        limits: Limits,
+        weights: crate::reward::RewardWeights,
+    ) -> Self {
+        Rewards::Combined(CombinedReward::new(
+            Pool::new(executor, workers),
+            limits,
+            weights,
+        ))
+    }
+}
+
+/// Outcome counts of the sandbox for one round.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SandboxStats {
+    pub tests: usize,
+    pub passed: usize,
+    pub timeouts: usize,
+    pub crashes: usize,
+    pub memory: usize,
+    pub syntax_errors: usize,
+}
+
+struct RewardOutput {
+    totals: Vec<f32>,
+    /// (name, mean over applicable rows, std)
+    components: Vec<(String, f32, f32)>,
+    sandbox: Option<SandboxStats>,
+}
+
+fn mean_std(values: &[f32]) -> (f32, f32) {
+    if values.is_empty() {
+        return (0.0, 0.0);
+    }
+    let n = values.len() as f64;
+    let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = if values.len() > 1 {
+        values
+            .iter()
+            .map(|&v| (v as f64 - mean).powi(2))
+            .sum::<f64>()
+            / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean as f32, var.sqrt() as f32)
+}
+
+impl Rewards {
+    fn score(&self, texts: &[String], tasks: &[&Task]) -> Result<RewardOutput> {
+        match self {
+            Rewards::Combined(combined) => {
+                let evals = combined.evaluate_tasks(texts, tasks)?;
+                let w = combined.weights();
+                let totals = evals.iter().map(|e| w.total(e)).collect();
+                let code: Vec<f32> = evals.iter().filter_map(|e| e.code).collect();
+                let format: Vec<f32> = evals.iter().map(|e| e.format).collect();
+                let (cm, cs) = mean_std(&code);
+                let (fm, fs) = mean_std(&format);
+                let mut sandbox = SandboxStats::default();
+                for e in &evals {
+                    sandbox.syntax_errors += usize::from(e.syntax_error.is_some());
+                    for t in &e.tests {
+                        sandbox.tests += 1;
+                        match t {
+                            Outcome::Passed => sandbox.passed += 1,
+                            Outcome::Timeout => sandbox.timeouts += 1,
+                            Outcome::Crashed { .. } => sandbox.crashes += 1,
+                            Outcome::Memory => sandbox.memory += 1,
+                            Outcome::Failed { .. } => {}
+                        }
+                    }
+                }
+                Ok(RewardOutput {
+                    totals,
+                    components: vec![
+                        ("code_reward".into(), cm, cs),
+                        ("code_format_reward".into(), fm, fs),
+                    ],
+                    sandbox: Some(sandbox),
+                })
+            }
+            Rewards::Functions(fns) => {
+                let mut totals = vec![0f32; texts.len()];
+                let mut components = Vec::with_capacity(fns.len());
+                for f in fns {
+                    let values = f.reward.score(texts, tasks)?;
+                    if values.len() != texts.len() {
+                        return Err(Error::invalid(
+                            "reward",
+                            format!(
+                                "`{}` returned {} values for {} completions",
+                                f.reward.name(),
+                                values.len(),
+                                texts.len()
+                            ),
+                        ));
+                    }
+                    let present: Vec<f32> = values.iter().flatten().copied().collect();
+                    for (t, v) in totals.iter_mut().zip(&values) {
+                        if let Some(v) = v {
+                            *t += f.weight * v;
+                        }
+                    }
+                    let (m, s) = mean_std(&present);
+                    components.push((f.reward.name().to_string(), m, s));
+                }
+                Ok(RewardOutput {
+                    totals,
+                    components,
+                    sandbox: None,
+                })
+            }
+        }
+    }
+}
+
+/// Statistics of one optimizer step (one iteration `j` of a round).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IterationStats {
+    /// The optimizer step's loss (mean over chunks of each chunk's token mean).
+    pub loss: f64,
+    /// Pre-clip global gradient norm.
+    pub grad_norm: f64,
+    pub learning_rate: f64,
+    /// False when the non-finite guard skipped the update.
+    pub applied: bool,
+    /// Token sums of the iteration (ratio, clipping, KL).
+    pub sums: LossSums,
+    /// Seconds in scoring forwards (with the autodiff graph) and the loss.
+    pub forward_time: f64,
+    /// Seconds in backward passes and gradient accumulation.
+    pub backward_time: f64,
+    /// Seconds in clipping and the AdamW step (and the reference sync, if due).
+    pub optimizer_time: f64,
+}
+
+/// Everything measured in one rollout round ([`Trainer::step`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepStats {
+    /// Rounds completed, this one included.
+    pub step: u64,
+    pub optimizer_step: u64,
+    pub epoch: f64,
+    pub reward: f32,
+    pub reward_std: f32,
+    pub frac_reward_zero_std: f32,
+    /// Per reward component: (name, mean, std).
+    pub rewards: Vec<(String, f32, f32)>,
+    pub advantages: Vec<f32>,
+    pub kl: f32,
+    pub clip_low: f32,
+    pub clip_high: f32,
+    pub clip_region: f32,
+    pub ratio_mean: f32,
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub learning_rate: f64,
+    pub iterations: Vec<IterationStats>,
+    pub completion_mean_length: f32,
+    pub completion_min_length: f32,
+    pub completion_max_length: f32,
+    pub completion_clipped_ratio: f32,
+    pub rows: usize,
+    pub rollout_time: f64,
+    pub rollout_forward_passes: usize,
+    pub reward_time: f64,
+    pub sandbox: Option<SandboxStats>,
+    /// Sequences forwarded for scoring (old, ref and the updates).
+    pub estimator_forward_passes: usize,
+    pub t_mean: f32,
+    pub old_ref_time: f64,
+    pub update_time: f64,
+    pub skipped_updates: u32,
+    pub step_time: f64,
+    pub samples: Vec<CompletionSample>,
+}
+
+impl StepStats {
+    /// The round as a metrics record with TRL's names plus `rollout/`, `estimator/`, `sandbox/`.
+    pub fn metrics(&self) -> Metrics {
+        let mut m = Metrics::new();
+        let mut put = |k: &str, v: f64| {
+            m.insert(k.to_string(), v);
+        };
+        put(names::STEP, self.step as f64);
+        put(names::OPTIMIZER_STEP, self.optimizer_step as f64);
+        put(names::EPOCH, self.epoch);
+        put(names::REWARD, self.reward as f64);
+        put(names::REWARD_STD, self.reward_std as f64);
+        put(
+            names::FRAC_REWARD_ZERO_STD,
+            self.frac_reward_zero_std as f64,
+        );
+        put(names::KL, self.kl as f64);
+        put(names::CLIP_LOW, self.clip_low as f64);
+        put(names::CLIP_HIGH, self.clip_high as f64);
+        put(names::CLIP_REGION, self.clip_region as f64);
+        put(names::LOSS, self.loss);
+        put(names::GRAD_NORM, self.grad_norm);
+        put(names::LEARNING_RATE, self.learning_rate);
+        put(
+            names::COMPLETION_MEAN_LENGTH,
+            self.completion_mean_length as f64,
+        );
+        put(
+            names::COMPLETION_MIN_LENGTH,
+            self.completion_min_length as f64,
+        );
+        put(
+            names::COMPLETION_MAX_LENGTH,
+            self.completion_max_length as f64,
+        );
+        put(
+            names::COMPLETION_CLIPPED_RATIO,
+            self.completion_clipped_ratio as f64,
+        );
+        put(names::STEP_TIME, self.step_time);
+        put(names::ROLLOUT_TIME, self.rollout_time);
+        put(
+            names::ROLLOUT_FORWARD_PASSES,
+            self.rollout_forward_passes as f64,
+        );
+        put(names::ROLLOUT_ROWS, self.rows as f64);
+        put(
+            names::ESTIMATOR_FORWARD_PASSES,
+            self.estimator_forward_passes as f64,
+        );
+        put(names::ESTIMATOR_T_MEAN, self.t_mean as f64);
+        put(names::ESTIMATOR_SCORE_TIME, self.old_ref_time);
+        put(names::ESTIMATOR_UPDATE_TIME, self.update_time);
+        put(
+            names::ESTIMATOR_FORWARD_TIME,
+            self.iterations.iter().map(|i| i.forward_time).sum(),
+        );
+        put(
+            names::ESTIMATOR_BACKWARD_TIME,
+            self.iterations.iter().map(|i| i.backward_time).sum(),
+        );
+        put(
+            names::ESTIMATOR_OPTIMIZER_TIME,
+            self.iterations.iter().map(|i| i.optimizer_time).sum(),
+        );
+        put(names::ESTIMATOR_RATIO_MEAN, self.ratio_mean as f64);
+        put(
+            names::ESTIMATOR_SKIPPED_UPDATES,
+            self.skipped_updates as f64,
+        );
+        put(names::SANDBOX_TIME, self.reward_time);
+        if let Some(s) = &self.sandbox {
+            put(names::SANDBOX_TESTS, s.tests as f64);
+            put(
+                names::SANDBOX_PASSED,
+                if s.tests == 0 {
+                    0.0
+                } else {
+                    s.passed as f64 / s.tests as f64
+                },
+            );
+            put(names::SANDBOX_TIMEOUTS, s.timeouts as f64);
+            put(names::SANDBOX_CRASHES, s.crashes as f64);
+            put(names::SANDBOX_MEMORY, s.memory as f64);
+            put(names::SANDBOX_SYNTAX_ERRORS, s.syntax_errors as f64);
+        }
+        for (name, mean, std) in &self.rewards {
+            m.insert(names::reward_mean(name), *mean as f64);
+            m.insert(names::reward_std(name), *std as f64);
+        }
+        m
+    }
+}
+
+/// Epoch-wise (optionally shuffled) pass over the tasks, like TRL's `RepeatSampler`.
+#[derive(Debug, Clone)]
+struct TaskSampler {
+    n: usize,
+    seed: u64,
+    shuffle: bool,
+    state: SamplerState,
+    order: Vec<usize>,
+}
+
+impl TaskSampler {
+    fn new(n: usize, seed: u64, shuffle: bool, state: SamplerState) -> Self {
+        let order = Self::order(n, seed, shuffle, state.epoch);
+        Self {
+            n,
+            seed,
+            shuffle,
+            state,
+            order,
+        }
+    }
+
+    fn order(n: usize, seed: u64, shuffle: bool, epoch: u64) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..n).collect();
+        if shuffle {
+            let mut rng = keyed_rng([seed, epoch, 0, TASK_ORDER_DOMAIN], 0);
+            for i in (1..n).rev() {
+                order.swap(i, rng.random_range(0..=i));
+            }
+        }
+        order
+    }
+
+    fn next(&mut self, count: usize) -> Vec<usize> {
+        let mut out = Vec::with_capacity(count);
+        while out.len() < count {
+            if self.state.cursor >= self.n {
+                self.state.epoch += 1;
+                self.state.cursor = 0;
+                self.order = Self::order(self.n, self.seed, self.shuffle, self.state.epoch);
+            }
+            out.push(self.order[self.state.cursor]);
+            self.state.cursor += 1;
+        }
+        out
+    }
+
+    fn epoch(&self) -> f64 {
+        self.state.epoch as f64 + self.state.cursor as f64 / self.n as f64
+    }
+}
+
+/// The coupled-GRPO trainer over an autodiff backend `B`.
+pub struct Trainer<B: AutodiffBackend> {
+    config: TrainConfig,
+    device: B::Device,
+    policy: Option<DiffusionLm<B>>,
+    reference: Option<DiffusionLm<B::InnerBackend>>,
+    optimizer: GrpoOptimizer<B>,
+    schedule: LrSchedule,
+    tokenizer: Tokenizer,
+    tasks: Vec<Task>,
+    sampler: TaskSampler,
+    rewards: Rewards,
+    estimator: Estimator,
+    step: u64,
+    optimizer_step: u64,
+    skipped_updates: u64,
+}
+
+/// Load the training tasks a config names.
+pub fn load_tasks(config: &TrainConfig) -> Result<Vec<Task>> {
+    let d = &config.data;
+    let mut tasks = match d.format.as_str() {
+        "mbpp" => {
+            let split = d.split.parse()?;
+            let opts = data::mbpp::MbppOptions {
+                split,
+                ..Default::default()
+            };
+            data::mbpp::load(&d.path, &opts)?.rows
+        }
+        "acecoder" => data::acecoder::load_tasks(&d.path, data::OnError::Fail)?.rows,
+        "humaneval" => data::humaneval::load(&d.path, data::OnError::Fail)?.rows,
+        other => {
+            return Err(Error::config(
+                "data.format",
+                format!("unknown format `{other}`"),
+            ))
+        }
+    };
+    if d.limit > 0 {
+        tasks.truncate(d.limit);
+    }
+    if tasks.is_empty() {
+        return Err(Error::config(
+            "data.path",
+            format!("{}: no tasks", d.path.display()),
+        ));
+    }
+    Ok(tasks)
+}
+
+/// The configured sandbox executor.
+pub fn build_executor(config: &TrainConfig) -> Result<Arc<dyn Executor>> {
+    match config.sandbox.executor.as_str() {
+        #[cfg(feature = "wasm")]
+        "wasm" => Ok(Arc::new(crate::sandbox::WasmExecutor::new(
+            Default::default(),
+        )?)),
+        #[cfg(not(feature = "wasm"))]
+        "wasm" => Err(Error::config(
+            "sandbox.executor",
+            "this build has no `wasm` feature",
+        )),
+        "process" => Ok(Arc::new(crate::sandbox::ProcessExecutor::new(
+            crate::sandbox::ProcessConfig {
+                workers: config.sandbox.workers,
+                ..Default::default()
+            },
+        )?)),
+        other => Err(Error::config(
+            "sandbox.executor",
+            format!("unknown executor `{other}`"),
+        )),
+    }
+}
+
+/// The sandbox limits a config names.
+pub fn sandbox_limits(config: &TrainConfig) -> Limits {
+    Limits {
+        test_timeout: Duration::from_secs_f64(config.sandbox.test_timeout_secs),
+        memory_bytes: config.sandbox.memory_mib << 20,
+        ..Default::default()
+    }
+}
+
+fn model_dtype(config: &TrainConfig) -> DType {
+    if config.model.dtype == "bf16" {
+        DType::BF16
+    } else {
+        DType::F32
+    }
+}
+
+fn load_tokenizer_for(
+    config: &TrainConfig,
+    model_dir: &Path,
+    model_config: &model::ModelConfig,
+) -> Result<Tokenizer> {
+    match &config.tokenizer.path {
+        Some(path) => {
+            let t = Tokenizer::from_file(path)?;
+            model::check_tokenizer(&t, model_config, path)?;
+            Ok(t)
+        }
+        None => model::load_tokenizer(model_dir, model_config),
+    }
+}
+
+impl<B: AutodiffBackend> Trainer<B> {
+    /// Build everything from the config: policy from `model.path`, tokenizer, tasks, the
+    /// released reward over the configured sandbox.
+    pub fn new(config: TrainConfig, device: B::Device) -> Result<Self> {
+        let policy =
+            model::load_pretrained_with::<B>(&config.model.path, &device, model_dtype(&config))?;
+        let tokenizer = load_tokenizer_for(&config, &config.model.path, policy.config())?;
+        let tasks = load_tasks(&config)?;
+        let rewards = Rewards::combined(
+            build_executor(&config)?,
+            config.sandbox.workers,
+            sandbox_limits(&config),
+            config.reward.weights,
+        );
+        Self::from_parts(config, policy, tokenizer, tasks, rewards, device)
+    }
+
+    /// Continue the run saved in `checkpoint` (a `step-N` directory) under `config`.
+    pub fn resume(config: TrainConfig, checkpoint: &Path, device: B::Device) -> Result<Self> {
+        let policy = model::load_pretrained_with::<B>(checkpoint, &device, model_dtype(&config))?;
+        let tokenizer = load_tokenizer_for(&config, checkpoint, policy.config())?;
+        let tasks = load_tasks(&config)?;
+        let rewards = Rewards::combined(
+            build_executor(&config)?,
+            config.sandbox.workers,
+            sandbox_limits(&config),
+            config.reward.weights,
+        );
+        let mut trainer = Self::from_parts(config, policy, tokenizer, tasks, rewards, device)?;
+        trainer.restore_state(checkpoint)?;
+        Ok(trainer)
+    }
+
+    /// Build from explicit parts (a custom reward or executor, in-memory tasks or model).
+    /// `config.model` / `config.data` / `config.sandbox` / `config.reward` are not read.
+    pub fn from_parts(
+        config: TrainConfig,
+        policy: DiffusionLm<B>,
+        tokenizer: Tokenizer,
+        tasks: Vec<Task>,
+        rewards: Rewards,
+        device: B::Device,
+    ) -> Result<Self> {
+        config.validate()?;
+        if tasks.is_empty() {
+            return Err(Error::invalid("tasks", "no training tasks"));
+        }
+        let estimator = config.estimator.build()?;
+        let optimizer = GrpoOptimizer::new(config.optimizer.clone())?;
+        let o = &config.optimizer;
+        let schedule = LrSchedule::new(
+            o.schedule,
+            o.lr,
+            config.total_optimizer_steps(),
+            o.warmup_ratio,
+            o.warmup_steps,
+            o.min_lr_ratio,
+        )?;
+        // No reference copy at all when β = 0.
+        let reference = (config.grpo.beta != 0.0).then(|| policy.valid());
+        let sampler = TaskSampler::new(
+            tasks.len(),
+            config.grpo.seed,
+            config.data.shuffle,
+            SamplerState::default(),
+        );
+        Ok(Self {
+            config,
+            device,
+            policy: Some(policy),
+            reference,
+            optimizer,
+            schedule,
+            tokenizer,
+            tasks,
+            sampler,
+            rewards,
+            estimator,
+            step: 0,
+            optimizer_step: 0,
+            skipped_updates: 0,
+        })
+    }
+
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// The current policy.
+    pub fn policy(&self) -> &DiffusionLm<B> {
+        self.policy
+            .as_ref()
+            .expect("the policy is only taken during an update")
+    }
+
+    /// The reference model (None when β = 0).
+    pub fn reference(&self) -> Option<&DiffusionLm<B::InnerBackend>> {
+        self.reference.as_ref()
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn estimator(&self) -> &Estimator {
+        &self.estimator
+    }
+
+    /// Rounds completed.
+    pub fn current_step(&self) -> u64 {
+        self.step
+    }
+
+    pub fn optimizer_step(&self) -> u64 {
+        self.optimizer_step
+    }
+
+    /// Chat-formatted training prompt of a task.
+    pub fn prompt_for(&self, task: &Task) -> String {
+        model::chat_prompt(
+            &self.config.data.system_prompt,
+            &data::prompt::user_message(task),
+            None,
+        )
+    }
+
+    /// The rollout settings of round `round` (its seed is keyed by the round).
+    pub fn rollout_config(&self, round: u64) -> rollout::RolloutConfig {
+        let mut rc = self.config.rollout.clone();
+        rc.seed = keyed_rng([self.config.rollout.seed, round, 0, ROLLOUT_DOMAIN], 0).random();
+        rc
+    }
+
+    /// One rollout round: rollout, rewards, advantages and μ optimizer steps.
+    pub fn step(&mut self) -> Result<StepStats> {
+        let start = Instant::now();
+        let round = self.step;
+        let picked = self.sampler.next(self.config.grpo.prompts_per_step);
+        let prompts: Vec<String> = picked
+            .iter()
+            .map(|&i| self.prompt_for(&self.tasks[i]))
+            .collect();
+
+        let t = Instant::now();
+        let rollout = rollout::generate(
+            &self.policy().valid(),
+            &self.tokenizer,
+            &prompts,
+            &self.rollout_config(round),
+        )?;
+        let rollout_time = t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        let row_tasks: Vec<&Task> = rollout
+            .group
+            .iter()
+            .map(|&g| &self.tasks[picked[g]])
+            .collect();
+        let rewards = self.rewards.score(&rollout.texts, &row_tasks)?;
+        let reward_time = t.elapsed().as_secs_f64();
+        let task_ids: Vec<String> = row_tasks.iter().map(|t| t.id.clone()).collect();
+
+        let g = self.config.rollout.num_completions;
+        let (advantages, adv_stats) = group_advantages(
+            &rewards.totals,
+            g,
+            self.config.grpo.baseline,
+            self.config.grpo.scale_rewards,
+        )?;
+        let mut stats = self.update(round, &rollout, &advantages, adv_stats)?;
+
+        let lengths: Vec<f32> = rollout
+            .completion_mask
+            .iter()
+            .map(|m| m.iter().sum::<u32>() as f32)
+            .collect();
+        let im_end = self.tokenizer.special().im_end;
+        stats.completion_mean_length = lengths.iter().sum::<f32>() / lengths.len().max(1) as f32;
+        stats.completion_min_length = lengths.iter().copied().fold(f32::INFINITY, f32::min);
+        stats.completion_max_length = lengths.iter().copied().fold(0.0, f32::max);
+        stats.completion_clipped_ratio = rollout
+            .completion_ids
+            .iter()
+            .filter(|ids| !ids.contains(&im_end))
+            .count() as f32
+            / rollout.completion_ids.len().max(1) as f32;
+        stats.rewards = rewards.components;
+        stats.sandbox = rewards.sandbox;
+        stats.reward_time = reward_time;
+        stats.rollout_time = rollout_time;
+        stats.rollout_forward_passes = rollout.forward_passes;
+        stats.rows = rollout.texts.len();
+
+        self.step += 1;
+        stats.step = self.step;
+        stats.optimizer_step = self.optimizer_step;
+        stats.epoch = self.sampler.epoch();
+        let every = self.config.logging.completions_every;
+        if every > 0 && self.step.is_multiple_of(every) {
+            stats.samples = (0..self
+                .config
+                .logging
+                .completions_count
+                .min(rollout.texts.len()))
+                .map(|r| CompletionSample {
+                    step: self.step,
+                    task_id: task_ids[r].clone(),
+                    prompt: prompts[rollout.group[r]].clone(),
+                    completion: rollout.texts[r].clone(),
+                    reward: rewards.totals[r],
+                    advantage: advantages[r],
+                })
+                .collect();
+        }
+        stats.step_time = start.elapsed().as_secs_f64();
+        Ok(stats)
+    }
+
+    /// μ optimizer steps on one rollout batch (everything after the rewards). Public so that
+    /// callers with their own rollouts (or tests) can drive the update directly.
+    pub fn update(
+        &mut self,
+        round: u64,
+        rollout: &RolloutBatch,
+        advantages: &[f32],
+        adv_stats: AdvantageStats,
+    ) -> Result<StepStats> {
+        let cfg = self.config.grpo.clone();
+        let rows = rollout.completion_ids.len();
+        if advantages.len() != rows || rows == 0 {
+            return Err(Error::invalid(
+                "advantages",
+                format!("{} advantages for {rows} rows", advantages.len()),
+            ));
+        }
+        let batch = ScoreBatch::new(
+            rollout.prompt_ids.clone(),
+            rollout.prompt_mask.clone(),
+            rollout.completion_ids.clone(),
+        )?;
+        let k = batch.completion_len();
+        let ga = cfg.gradient_accumulation_steps;
+        // Rows per forward: the knob, else a whole accumulation chunk (the released footprint).
+        let micro = if cfg.micro_batch_rows == 0 {
+            rows.div_ceil(ga)
+        } else {
+            cfg.micro_batch_rows
+        };
+        let mu = cfg.num_iterations;
+        let seeds: Vec<MaskSeed> = (0..mu as u64)
+            .map(|j| MaskSeed::new(cfg.seed, round, j))
+            .collect();
+        let loss_cfg = cfg.loss();
+        let mut forward_passes = 0usize;
+        let mut ratios = Vec::new();
+
+        // π_old (μ > 1) and π_ref, scored right after the rollout with the iteration seeds.
+        let t = Instant::now();
+        let mut old: Vec<Option<Vec<f32>>> = vec![None; mu];
+        let mut reference: Vec<Option<Vec<f32>>> = vec![None; mu];
+        let inner = (mu > 1).then(|| self.policy().valid());
+        for (j, seed) in seeds.iter().enumerate() {
+            if let Some(model) = &inner {
+                old[j] = Some(score_host(
+                    &self.estimator,
+                    model,
+                    &batch,
+                    *seed,
+                    micro,
+                    &mut forward_passes,
+                )?);
+            }
+            if cfg.beta != 0.0 {
+                let model = self.reference.as_ref().expect("β ≠ 0 keeps a reference");
+                reference[j] = Some(score_host(
+                    &self.estimator,
+                    model,
+                    &batch,
+                    *seed,
+                    micro,
+                    &mut forward_passes,
+                )?);
+            }
+        }
+        drop(inner);
+        let old_ref_time = t.elapsed().as_secs_f64();
+
+        let cm: Vec<f32> = rollout
+            .completion_mask
+            .iter()
+            .flatten()
+            .map(|&m| m as f32)
+            .collect();
+        let chunks: Vec<(usize, usize)> = (0..ga)
+            .map(|c| (c * rows / ga, (c + 1) * rows / ga))
+            .collect();
+
+        let t = Instant::now();
+        let mut iterations = Vec::with_capacity(mu);
+        let mut skipped = 0u32;
+        let mut total = LossSums::default();
+        for (j, seed) in seeds.iter().enumerate() {
+            let mut accumulator = GradientsAccumulator::<DiffusionLm<B>>::new();
+            let mut sums = LossSums::default();
+            let mut loss_value = 0f64;
+            let mut finite = true;
+            let (mut forward_time, mut backward_time) = (0f64, 0f64);
+            for &(c0, c1) in &chunks {
+                let chunk_tokens: f32 = cm[c0 * k..c1 * k].iter().sum();
+                let normalizer = chunk_tokens.max(1.0) * ga as f32;
+                let mut r0 = c0;
+                while r0 < c1 {
+                    let r1 = (r0 + micro).min(c1);
+                    let sub = batch.select(r0..r1);
+                    let policy = self.policy();
+                    let tf = Instant::now();
+                    let scores = self.estimator.score(policy, &sub, *seed)?;
+                    forward_passes += scores.forward_passes;
+                    if j == 0 {
+                        ratios.extend_from_slice(&scores.ratios);
+                    }
+                    let current = scores.per_token;
+                    let old_t = match &old[j] {
+                        Some(v) => host_tensor::<B>(&v[r0 * k..r1 * k], [r1 - r0, k], &self.device),
+                        None => current.clone().detach(),
+                    };
+                    let ref_t = reference[j]
+                        .as_ref()
+                        .map(|v| host_tensor::<B>(&v[r0 * k..r1 * k], [r1 - r0, k], &self.device));
+                    let adv = Tensor::<B, 1>::from_data(
+                        TensorData::new(advantages[r0..r1].to_vec(), [r1 - r0]),
+                        &self.device,
+                    );
+                    let mask = host_tensor::<B>(&cm[r0 * k..r1 * k], [r1 - r0, k], &self.device);
+                    // The stats read inside grpo_loss syncs the device, so this is compute time.
+                    let (loss, part) =
+                        grpo_loss(current, old_t, ref_t, adv, mask, &loss_cfg, normalizer)?;
+                    forward_time += tf.elapsed().as_secs_f64();
+                    let tb = Instant::now();
+                    sums.add(&part);
+                    loss_value += part.loss / normalizer as f64;
+                    if !part.loss.is_finite() {
+                        // Nothing from a non-finite loss may reach the parameters.
+                        finite = false;
+                    } else if finite {
+                        let grads = GradientsParams::from_grads(loss.backward(), policy);
+                        accumulator.accumulate(policy, grads);
+                        B::sync(&self.device)
+                            .map_err(|e| Error::invalid("device", format!("{e:?}")))?;
+                    }
+                    backward_time += tb.elapsed().as_secs_f64();
+                    r0 = r1;
+                }
+            }
+            let to = Instant::now();
+            let lr = self.schedule.lr(self.optimizer_step);
+            let grads = accumulator.grads();
+            let (grad_norm, applied) = if finite {
+                let policy = self.policy.take().expect("policy present");
+                let (policy, outcome) = self.optimizer.step(lr, policy, grads);
+                self.policy = Some(policy);
+                (outcome.grad_norm, outcome.applied)
+            } else {
+                (f64::NAN, false)
+            };
+            if !applied {
+                skipped += 1;
+                self.skipped_updates += 1;
+            }
+            self.optimizer_step += 1;
+            if cfg.sync_ref_model && self.optimizer_step.is_multiple_of(cfg.ref_sync_steps) {
+                if let Some(r) = self.reference.take() {
+                    self.reference =
+                        Some(soft_update(r, &self.policy().valid(), cfg.ref_sync_alpha));
+                }
+            }
+            B::sync(&self.device).map_err(|e| Error::invalid("device", format!("{e:?}")))?;
+            let optimizer_time = to.elapsed().as_secs_f64();
+            total.add(&sums);
+            iterations.push(IterationStats {
+                loss: loss_value,
+                grad_norm,
+                learning_rate: lr,
+                applied,
+                sums,
+                forward_time,
+                backward_time,
+                optimizer_time,
+            });
+        }
+        let update_time = t.elapsed().as_secs_f64();
+        let finite_norms: Vec<f64> = iterations
+            .iter()
+            .map(|i| i.grad_norm)
+            .filter(|n| n.is_finite())
+            .collect();
+        Ok(StepStats {
+            step: self.step,
+            optimizer_step: self.optimizer_step,
+            epoch: self.sampler.epoch(),
+            reward: adv_stats.reward_mean,
+            reward_std: adv_stats.reward_std,
+            frac_reward_zero_std: adv_stats.frac_reward_zero_std,
+            rewards: Vec::new(),
+            advantages: advantages.to_vec(),
+            kl: total.kl_mean(),
+            clip_low: total.clip_low_mean(),
+            clip_high: total.clip_high_mean(),
+            clip_region: total.clip_region_mean(),
+            ratio_mean: total.ratio_mean(),
+            loss: iterations.iter().map(|i| i.loss).sum::<f64>() / mu as f64,
+            grad_norm: if finite_norms.is_empty() {
+                f64::NAN
+            } else {
+                finite_norms.iter().sum::<f64>() / finite_norms.len() as f64
+            },
+            learning_rate: iterations.last().map_or(0.0, |i| i.learning_rate),
+            iterations,
+            completion_mean_length: 0.0,
+            completion_min_length: 0.0,
+            completion_max_length: 0.0,
+            completion_clipped_ratio: 0.0,
+            rows,
+            rollout_time: 0.0,
+            rollout_forward_passes: 0,
+            reward_time: 0.0,
+            sandbox: None,
+            estimator_forward_passes: forward_passes,
+            t_mean: if ratios.is_empty() {
+                0.0
+            } else {
+                ratios.iter().sum::<f32>() / ratios.len() as f32
+            },
+            old_ref_time,
+            update_time,
+            skipped_updates: skipped,
+            step_time: 0.0,
+            samples: Vec::new(),
+        })
+    }
+
+    /// The resumable state (everything besides tensors).
+    pub fn state(&self) -> TrainerState {
+        TrainerState {
+            format: STATE_FORMAT,
+            step: self.step,
+            optimizer_step: self.optimizer_step,
+            skipped_updates: self.skipped_updates,
+            sampler: self.sampler.state,
+            rng: RngState {
+                grpo_seed: self.config.grpo.seed,
+                rollout_seed: self.config.rollout.seed,
+                next_round: self.step,
+            },
+            schedule: self.schedule,
+            has_reference: self.reference.is_some(),
+        }
+    }
+
+    /// Write `run_dir/checkpoints/step-N` atomically and prune to `checkpoint.keep_last`.
+    /// Refuses to save non-finite weights.
+    pub fn save_checkpoint(&self, run_dir: &Path) -> Result<PathBuf> {
+        let target = checkpoint::checkpoint_dir(run_dir, self.step);
+        self.save_checkpoint_to(&target)?;
+        checkpoint::prune(run_dir, self.config.checkpoint.keep_last)?;
+        Ok(target)
+    }
+
+    /// Write a checkpoint into `target` (atomically).
+    pub fn save_checkpoint_to(&self, target: &Path) -> Result<()> {
+        let policy = self.policy();
+        if !all_finite(policy) {
+            return Err(Error::Checkpoint {
+                path: target.to_path_buf(),
+                message: "the policy has non-finite weights; refusing to save".into(),
+            });
+        }
+        let dtype = if policy.dtype() == DType::BF16 {
+            SaveDtype::Bf16
+        } else {
+            SaveDtype::F32
+        };
+        checkpoint::write_atomically(target, |dir| {
+            model::save_pretrained(policy, dir, dtype)?;
+            self.tokenizer.save(dir.join("tokenizer.json"))?;
+            if let Some(r) = &self.reference {
+                model::save_pretrained(r, dir.join(REFERENCE_DIR), dtype)?;
+            }
+            self.optimizer.save(policy, &dir.join(OPTIMIZER_FILE))?;
+            self.state().save(dir)?;
+            self.config.save_resolved(dir)?;
+            Ok(())
+        })
+    }
+
+    /// Restore the policy, reference, optimizer and trainer state from a checkpoint directory.
+    pub fn restore(&mut self, checkpoint: &Path) -> Result<()> {
+        let policy =
+            model::load_pretrained_with::<B>(checkpoint, &self.device, self.policy().dtype())?;
+        self.policy = Some(policy);
+        self.restore_state(checkpoint)
+    }
+
+    fn restore_state(&mut self, dir: &Path) -> Result<()> {
+        let state = TrainerState::load(dir)?;
+        if state.rng.grpo_seed != self.config.grpo.seed
+            || state.rng.rollout_seed != self.config.rollout.seed
+        {
+            return Err(Error::Checkpoint {
+                path: dir.to_path_buf(),
+                message: format!(
+                    "seeds differ from the config (checkpoint grpo.seed {} rollout.seed {}); resume with the run's config",
+                    state.rng.grpo_seed, state.rng.rollout_seed
+                ),
+            });
+        }
+        self.reference = match (state.has_reference, self.config.grpo.beta != 0.0) {
+            (true, true) => Some(model::load_pretrained_with::<B::InnerBackend>(
+                dir.join(REFERENCE_DIR),
+                &self.device,
+                self.policy().dtype(),
+            )?),
+            (false, false) => None,
+            (had, _) => {
+                return Err(Error::Checkpoint {
+                    path: dir.to_path_buf(),
+                    message: format!(
+                        "the checkpoint {} a reference model but grpo.beta = {}",
+                        if had { "has" } else { "has no" },
+                        self.config.grpo.beta
+                    ),
+                })
+            }
+        };
+        let policy = self.policy.take().expect("policy present");
+        let loaded = self.optimizer.load(&policy, &dir.join(OPTIMIZER_FILE));
+        self.policy = Some(policy);
+        loaded?;
+        self.step = state.step;
+        self.optimizer_step = state.optimizer_step;
+        self.skipped_updates = state.skipped_updates;
+        self.sampler = TaskSampler::new(
+            self.tasks.len(),
+            self.config.grpo.seed,
+            self.config.data.shuffle,
+            state.sampler,
+        );
+        Ok(())
+    }
+
+    /// Train until `max_steps` rounds are done: metrics to `run_dir/metrics.jsonl`, sampled
+    /// completions to `run_dir/completions.jsonl`, checkpoints every `checkpoint.every` rounds
+    /// and at the end. Returns the last round's statistics.
+    pub fn fit(&mut self, run_dir: &Path, max_steps: u64) -> Result<Option<StepStats>> {
+        std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+        self.config.save_resolved(run_dir)?;
+        let metrics_path = run_dir.join(&self.config.logging.metrics_file);
+        // A resumed run rewrites history after its checkpoint.
+        crate::metrics::truncate_after_step(&metrics_path, self.step)?;
+        let mut metrics = JsonlSink::append(&metrics_path)?;
+        let samples_path = run_dir.join("completions.jsonl");
+        crate::metrics::truncate_after_step(&samples_path, self.step)?;
+        let mut samples = JsonlSink::append(&samples_path)?;
+        let progress = Progress::new(self.step, max_steps, self.config.logging.progress);
+        let mut last = None;
+        let ck = self.config.checkpoint.clone();
+        while self.step < max_steps {
+            let stats = self.step()?;
+            metrics.write(&stats.metrics())?;
+            for s in &stats.samples {
+                samples.write(s)?;
+            }
+            if stats.skipped_updates > 0 {
+                progress.message(&format!(
+                    "step {}: {} update(s) skipped (non-finite loss or gradients)",
+                    stats.step, stats.skipped_updates
+                ));
+            }
+            if let Some(s) = stats.samples.first() {
+                progress.message(&format!(
+                    "step {} sample [{}] reward {:.2}: {}",
+                    s.step,
+                    s.task_id,
+                    s.reward,
+                    s.completion
+                        .chars()
+                        .take(200)
+                        .collect::<String>()
+                        .replace('\n', "⏎")
+                ));
+            }
+            progress.update(self.step, &stats.metrics());
+            let due = ck.every > 0 && self.step.is_multiple_of(ck.every);
+            let last_step = self.step == max_steps;
+            if due || (last_step && ck.save_final) {
+                let path = self.save_checkpoint(run_dir)?;
+                progress.message(&format!("saved {}", path.display()));
+            }
+            last = Some(stats);
+        }
+        Ok(last)
+    }
+}
+
+/// Score `batch` without gradients in chunks of `micro` rows; host `[rows * K]`.
+fn score_host<B: burn::tensor::backend::Backend>(
+    estimator: &Estimator,
+    model: &DiffusionLm<B>,
+    batch: &ScoreBatch,
+    seed: MaskSeed,
+    micro: usize,
+    passes: &mut usize,
+) -> Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(batch.rows() * batch.completion_len());
+    let mut r0 = 0;
+    while r0 < batch.rows() {
+        let r1 = (r0 + micro).min(batch.rows());
+        let scores = estimator.score(model, &batch.select(r0..r1), seed)?;
+        *passes += scores.forward_passes;
+        out.extend(
+            scores
+                .per_token
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .expect("f32 scores"),
+        );
+        r0 = r1;
+    }
+    Ok(out)
+}
+
+fn host_tensor<B: AutodiffBackend>(
+    values: &[f32],
+    shape: [usize; 2],
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    Tensor::from_data(TensorData::new(values.to_vec(), shape), device)
+}

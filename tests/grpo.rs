@@ -1,0 +1,505 @@
+//! GRPO integration tests on a tiny random model (CPU, flex): the loss gradient against finite
+//! differences, the first-iteration ratio, the zero-signal update, the direction of an update,
+//! and bit-identical resume.
+
+use std::sync::Arc;
+
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::tensor::{DType, Distribution, Tensor, TensorData};
+use coupled_grpo::backend::{Cpu, CpuAutodiff};
+use coupled_grpo::data::{Task, TaskSource};
+use coupled_grpo::estimator::{
+    Coupled, LikelihoodEstimator, MaskSeed, PairOptions, ScoreBatch, DEFAULT_MAX_LOGIT_BYTES,
+};
+use coupled_grpo::grpo::advantage::AdvantageStats;
+use coupled_grpo::grpo::{grpo_loss, LossConfig, Rewards, TrainConfig, Trainer, WeightedReward};
+use coupled_grpo::model::{byte_level_tokenizer, DiffusionLm, ModelConfig};
+use coupled_grpo::reward::RewardFn;
+use coupled_grpo::rollout::RolloutBatch;
+
+fn tiny_config() -> ModelConfig {
+    let mut c = ModelConfig::preset("tiny").unwrap();
+    c.initializer_range = 0.1;
+    c
+}
+
+fn tiny_model(seed: u64) -> DiffusionLm<CpuAutodiff> {
+    DiffusionLm::init_with(&tiny_config(), &Default::default(), seed, DType::F32)
+}
+
+fn host<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+}
+
+/// Every float parameter of a model, flattened, in visit order.
+fn params<B: burn::tensor::backend::Backend>(m: &DiffusionLm<B>) -> Vec<Vec<f32>> {
+    struct V(Vec<Vec<f32>>);
+    impl<B: burn::tensor::backend::Backend> ModuleVisitor<B> for V {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            self.0.push(
+                p.val()
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec::<f32>()
+                    .unwrap(),
+            );
+        }
+    }
+    let mut v = V(Vec::new());
+    m.visit(&mut v);
+    v.0
+}
+
+/// A fixed batch: 4 rows, P = 6 (two rows left-padded), K = 8.
+fn batch() -> ScoreBatch {
+    let p = |ids: [u32; 6]| ids.to_vec();
+    ScoreBatch::new(
+        vec![
+            p([10, 11, 12, 13, 14, 15]),
+            p([4, 4, 20, 21, 22, 23]),
+            p([30, 31, 32, 33, 34, 35]),
+            p([4, 40, 41, 42, 43, 44]),
+        ],
+        vec![
+            vec![1; 6],
+            vec![0, 0, 1, 1, 1, 1],
+            vec![1; 6],
+            vec![0, 1, 1, 1, 1, 1],
+        ],
+        (0..4)
+            .map(|r| (0..8).map(|k| 60 + 10 * r + k).collect())
+            .collect(),
+    )
+    .unwrap()
+}
+
+fn coupled() -> Coupled {
+    Coupled::new(PairOptions::default(), DEFAULT_MAX_LOGIT_BYTES).unwrap()
+}
+
+/// The GRPO loss of `model` on `batch` against fixed old/ref scores.
+fn loss_of<B: burn::tensor::backend::Backend>(
+    model: &DiffusionLm<B>,
+    b: &ScoreBatch,
+    old: &[f32],
+    reference: &[f32],
+    adv: &[f32],
+    mask: &[f32],
+    cfg: &LossConfig,
+) -> Tensor<B, 1> {
+    let dev = model.embed_tokens.val().device();
+    let (rows, k) = (b.rows(), b.completion_len());
+    let t2 = |v: &[f32]| Tensor::<B, 2>::from_data(TensorData::new(v.to_vec(), [rows, k]), &dev);
+    let current = coupled()
+        .score(model, b, MaskSeed::new(3, 1, 0))
+        .unwrap()
+        .per_token;
+    let a = Tensor::<B, 1>::from_data(TensorData::new(adv.to_vec(), [rows]), &dev);
+    let tokens: f32 = mask.iter().sum();
+    grpo_loss(
+        current,
+        t2(old),
+        Some(t2(reference)),
+        a,
+        t2(mask),
+        cfg,
+        tokens,
+    )
+    .unwrap()
+    .0
+}
+
+#[test]
+fn loss_gradient_matches_finite_differences() {
+    let model = tiny_model(5);
+    let b = batch();
+    let (rows, k) = (b.rows(), b.completion_len());
+    // Old/ref scores near the current ones so ratios sit inside (1 − ε, 1 + ε).
+    let base = host(
+        coupled()
+            .score(&model.valid(), &b, MaskSeed::new(3, 1, 0))
+            .unwrap()
+            .per_token,
+    );
+    let old: Vec<f32> = base
+        .iter()
+        .enumerate()
+        .map(|(i, s)| s + 0.15 * ((i % 5) as f32 - 2.0) / 2.0)
+        .collect();
+    let reference: Vec<f32> = base
+        .iter()
+        .enumerate()
+        .map(|(i, s)| s - 0.2 + 0.05 * (i % 3) as f32)
+        .collect();
+    let adv = [1.0, -0.5, 0.7, -1.2];
+    let mut mask = vec![1.0f32; rows * k];
+    mask[k - 1] = 0.0; // row 0 ends early
+    mask[2 * k - 2..2 * k].fill(0.0);
+    let cfg = LossConfig {
+        beta: 0.2,
+        ..Default::default()
+    };
+    let loss = loss_of(&model, &b, &old, &reference, &adv, &mask, &cfg);
+    let grads = loss.backward();
+
+    // Direction 1: the normalised gradient of the lm_head weight (a strong signal).
+    // Direction 2: a random direction in layer 0's q_proj weight (through attention and masks).
+    let head = model.lm_head.as_ref().unwrap().weight.val();
+    let g_head = head.grad(&grads).unwrap();
+    let q = model.layers[0].self_attn.q_proj.weight.val();
+    let g_q = q.grad(&grads).unwrap();
+    let d_head = g_head.clone() / host(g_head.clone().square().sum().sqrt())[0];
+    let d_q = Tensor::<Cpu, 2>::random(
+        g_q.dims(),
+        Distribution::Normal(0.0, 1.0),
+        &Default::default(),
+    );
+    let d_q = d_q.clone() / host(d_q.square().sum().sqrt())[0];
+
+    let inner = model.valid();
+    let eps = 1e-2f32;
+    let eval = |which: usize, sign: f32| {
+        let mut m = inner.clone();
+        if which == 0 {
+            let head = m.lm_head.as_mut().unwrap();
+            head.weight = head
+                .weight
+                .clone()
+                .map(|w| w + d_head.clone() * (sign * eps));
+        } else {
+            let qp = &mut m.layers[0].self_attn.q_proj;
+            qp.weight = qp.weight.clone().map(|w| w + d_q.clone() * (sign * eps));
+        }
+        host(loss_of(&m, &b, &old, &reference, &adv, &mask, &cfg))[0] as f64
+    };
+    for (which, analytic) in [
+        (0, host((g_head * d_head.clone()).sum())[0] as f64),
+        (1, host((g_q * d_q.clone()).sum())[0] as f64),
+    ] {
+        let fd = (eval(which, 1.0) - eval(which, -1.0)) / (2.0 * eps as f64);
+        eprintln!("direction {which}: analytic {analytic:.6e}, finite difference {fd:.6e}");
+        assert!(analytic.abs() > 1e-4, "direction {which} carries no signal");
+        assert!(
+            (fd - analytic).abs() <= 0.03 * analytic.abs() + 2e-4,
+            "direction {which}: autodiff {analytic} vs finite difference {fd}"
+        );
+    }
+}
+
+/// A deterministic reward: the fraction of lowercase ASCII letters in the completion.
+struct Letters;
+
+impl RewardFn for Letters {
+    fn name(&self) -> &str {
+        "letters"
+    }
+    fn score(
+        &self,
+        completions: &[String],
+        _tasks: &[&Task],
+    ) -> coupled_grpo::Result<Vec<Option<f32>>> {
+        Ok(completions
+            .iter()
+            .map(|c| {
+                Some(
+                    c.chars().filter(|ch| ch.is_ascii_lowercase()).count() as f32
+                        / c.chars().count().max(1) as f32,
+                )
+            })
+            .collect())
+    }
+}
+
+fn tasks() -> Vec<Task> {
+    (0..5)
+        .map(|i| Task {
+            id: format!("toy/{i}"),
+            question: format!("Write a function f{i} that returns {i}."),
+            tests: vec![format!("assert f{i}() == {i}")],
+            entry_point: None,
+            reference_solution: None,
+            source: TaskSource::Synthetic,
+        })
+        .collect()
+}
+
+fn train_config(overrides: &[&str]) -> TrainConfig {
+    let base = r#"
+[rollout]
+max_new_tokens = 8
+steps = 8
+num_completions = 4
+max_prompt_length = 24
+temperature = 1.0
+[grpo]
+prompts_per_step = 2
+num_iterations = 2
+gradient_accumulation_steps = 2
+micro_batch_rows = 3
+beta = 0.05
+ref_sync_steps = 3
+[optimizer]
+lr = 1e-3
+warmup_steps = 0
+[logging]
+progress = false
+completions_every = 0
+"#;
+    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    TrainConfig::from_toml_str(base, &overrides, None).unwrap()
+}
+
+fn trainer(config: TrainConfig, seed: u64) -> Trainer<CpuAutodiff> {
+    let rewards = Rewards::Functions(vec![WeightedReward {
+        reward: Arc::new(Letters),
+        weight: 1.0,
+    }]);
+    Trainer::from_parts(
+        config,
+        tiny_model(seed),
+        byte_level_tokenizer().unwrap(),
+        tasks(),
+        rewards,
+        Default::default(),
+    )
+    .unwrap()
+}
+
+/// A rollout batch built from [`batch`] (no sampling needed for the update tests).
+fn rollout_from(b: &ScoreBatch) -> RolloutBatch {
+    RolloutBatch {
+        prompt_ids: b.prompt_ids.clone(),
+        prompt_mask: b.prompt_mask.clone(),
+        completion_ids: b.completion_ids.clone(),
+        completion_mask: vec![vec![1; b.completion_len()]; b.rows()],
+        texts: vec![String::new(); b.rows()],
+        group: (0..b.rows()).map(|r| r / 2).collect(),
+        traces: None,
+        forward_passes: 0,
+    }
+}
+
+#[test]
+fn first_iteration_has_unit_ratio_and_no_clipping() {
+    let mut t = trainer(train_config(&[]), 1);
+    let stats = t.step().unwrap();
+    assert_eq!(stats.iterations.len(), 2);
+    let first = &stats.iterations[0].sums;
+    assert!(first.tokens > 0.0);
+    assert!(
+        (first.ratio_mean() - 1.0).abs() < 1e-6,
+        "ratio at μ-step 0: {}",
+        first.ratio_mean()
+    );
+    assert_eq!(
+        first.clipped_low + first.clipped_high,
+        0.0,
+        "nothing clipped at μ-step 0"
+    );
+    assert!(
+        first.kl_mean().abs() < 1e-6,
+        "reference = policy before the first update"
+    );
+    assert!(stats.iterations[0].applied && stats.iterations[1].applied);
+    // The second iteration scores the updated policy against π_old: the ratio moved.
+    assert!((stats.iterations[1].sums.ratio_mean() - 1.0).abs() > 1e-7);
+    let m = stats.metrics();
+    for key in [
+        "reward",
+        "reward_std",
+        "rewards/letters/mean",
+        "frac_reward_zero_std",
+        "kl",
+        "clip_ratio/region_mean",
+        "completions/mean_length",
+        "learning_rate",
+        "grad_norm",
+        "step_time",
+        "rollout/time",
+        "estimator/forward_passes",
+    ] {
+        assert!(m.contains_key(key), "missing metric {key}");
+    }
+    // 8 rows × 3 passes × (2 old + 2 ref + 2 updates).
+    assert_eq!(stats.estimator_forward_passes, 8 * 3 * 6);
+}
+
+#[test]
+fn zero_advantages_without_kl_leave_parameters_unchanged() {
+    // Weight decay is a deliberate parameter change independent of the loss, so it is off here.
+    let mut t = trainer(
+        train_config(&["grpo.beta=0.0", "optimizer.weight_decay=0.0"]),
+        2,
+    );
+    assert!(t.reference().is_none(), "β = 0 keeps no reference copy");
+    let before = params(t.policy());
+    let b = batch();
+    let stats = t
+        .update(0, &rollout_from(&b), &[0.0; 4], AdvantageStats::default())
+        .unwrap();
+    assert!(stats
+        .iterations
+        .iter()
+        .all(|i| i.applied && i.grad_norm == 0.0));
+    assert_eq!(
+        params(t.policy()),
+        before,
+        "zero advantages and β = 0 must not move any parameter"
+    );
+
+    // With weight decay on, matrices shrink by exactly (1 − lr·wd) and rank-1 parameters
+    // (norm weights, biases) do not move, as in HF's parameter groups.
+    let mut t = trainer(train_config(&["grpo.beta=0.0", "grpo.num_iterations=1"]), 2);
+    let before = params(t.policy());
+    t.update(0, &rollout_from(&b), &[0.0; 4], AdvantageStats::default())
+        .unwrap();
+    let after = params(t.policy());
+    let shrink = 1.0 - 1e-3f32 * 0.1;
+    let dims = {
+        struct R(Vec<usize>);
+        impl ModuleVisitor<CpuAutodiff> for R {
+            fn visit_float<const D: usize>(&mut self, _p: &Param<Tensor<CpuAutodiff, D>>) {
+                self.0.push(D);
+            }
+        }
+        let mut r = R(Vec::new());
+        t.policy().visit(&mut r);
+        r.0
+    };
+    for ((b0, a0), d) in before.iter().zip(&after).zip(dims) {
+        for (x, y) in b0.iter().zip(a0).take(50) {
+            let want = if d >= 2 { x * shrink } else { *x };
+            assert!(
+                (y - want).abs() <= 1e-7 * x.abs().max(1.0),
+                "rank {d}: {x} → {y}, want {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn positive_advantage_raises_its_score() {
+    let mut t = trainer(
+        train_config(&[
+            "grpo.beta=0.0",
+            "grpo.num_iterations=1",
+            "optimizer.max_grad_norm=0.0",
+        ]),
+        3,
+    );
+    let b = batch();
+    let seed = MaskSeed::new(t.config().grpo.seed, 0, 0);
+    let score = |t: &Trainer<CpuAutodiff>| {
+        let s = host(
+            coupled()
+                .score(&t.policy().valid(), &b, seed)
+                .unwrap()
+                .per_token,
+        );
+        (0..4)
+            .map(|r| s[r * 8..(r + 1) * 8].iter().sum::<f32>())
+            .collect::<Vec<f32>>()
+    };
+    let before = score(&t);
+    let stats = t
+        .update(
+            0,
+            &rollout_from(&b),
+            &[1.0, 0.0, -1.0, 0.0],
+            AdvantageStats::default(),
+        )
+        .unwrap();
+    assert!(stats.iterations[0].applied);
+    let after = score(&t);
+    eprintln!("scores before {before:?} after {after:?}");
+    assert!(
+        after[0] > before[0] + 1e-3,
+        "A > 0: score must rise ({} → {})",
+        before[0],
+        after[0]
+    );
+    assert!(
+        after[2] < before[2] - 1e-3,
+        "A < 0: score must fall ({} → {})",
+        before[2],
+        after[2]
+    );
+}
+
+#[test]
+fn resume_is_bit_identical() {
+    let run = tempfile::tempdir().unwrap();
+    let config = train_config(&[]);
+    // Reference run: four rounds straight (the reference syncs at optimizer step 3 and 6).
+    let mut straight = trainer(config.clone(), 7);
+    let mut straight_stats = Vec::new();
+    for _ in 0..4 {
+        straight_stats.push(straight.step().unwrap());
+    }
+
+    // Two rounds, checkpoint, a fresh process-like trainer restored from it, two more.
+    let mut first = trainer(config.clone(), 7);
+    first.step().unwrap();
+    first.step().unwrap();
+    let ckpt = first.save_checkpoint(run.path()).unwrap();
+    for file in [
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "optimizer.safetensors",
+        "trainer_state.json",
+        "reference/model.safetensors",
+        "config.resolved.toml",
+    ] {
+        assert!(ckpt.join(file).exists(), "checkpoint lacks {file}");
+    }
+    drop(first);
+    let mut resumed = trainer(config, 99); // different init: everything must come from the checkpoint
+    resumed.restore(&ckpt).unwrap();
+    assert_eq!(resumed.current_step(), 2);
+    let mut resumed_stats = Vec::new();
+    for _ in 0..2 {
+        resumed_stats.push(resumed.step().unwrap());
+    }
+    assert_eq!(
+        params(resumed.policy()),
+        params(straight.policy()),
+        "policy weights differ after resume"
+    );
+    assert_eq!(
+        params(resumed.reference().unwrap()),
+        params(straight.reference().unwrap()),
+        "reference weights differ after resume"
+    );
+    for (a, b) in straight_stats[2..].iter().zip(&resumed_stats) {
+        assert_eq!(a.reward, b.reward);
+        assert_eq!(a.loss.to_bits(), b.loss.to_bits());
+        assert_eq!(a.learning_rate, b.learning_rate);
+    }
+}
+
+#[test]
+fn non_finite_loss_skips_the_update_and_is_never_saved() {
+    let run = tempfile::tempdir().unwrap();
+    let mut t = trainer(train_config(&["grpo.beta=0.0"]), 4);
+    let before = params(t.policy());
+    let b = batch();
+    let stats = t
+        .update(
+            0,
+            &rollout_from(&b),
+            &[f32::NAN, 1.0, 0.0, -1.0],
+            AdvantageStats::default(),
+        )
+        .unwrap();
+    assert_eq!(stats.skipped_updates, 2, "both iterations skipped");
+    assert!(stats.iterations.iter().all(|i| !i.applied));
+    assert_eq!(
+        params(t.policy()),
+        before,
+        "a non-finite loss must not touch the parameters"
+    );
+    // The skipped round still checkpoints (the weights are finite).
+    t.save_checkpoint(run.path()).unwrap();
+    assert_eq!(t.state().skipped_updates, 2);
+}

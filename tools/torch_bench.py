@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""PyTorch twin of `coupled-grpo bench train-step`: the same Dream-shaped bidirectional model,
+random tokens, log-softmax cross-entropy over every position, backward and AdamW (0.9, 0.99,
+weight decay 0.1), parameters in the chosen dtype. Prints the same lines as the Rust command.
+
+    python3 tools/torch_bench.py --preset qwen2.5-0.5b --batch 4 --seq 512 --dtype bf16 --device cuda
+"""
+import argparse
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+PRESETS = {  # must match ModelConfig::preset in src/model/config.rs
+    "tiny": dict(vocab=512, d=64, ffn=176, layers=2, heads=4, kv=2, tied=False, theta=1e4),
+    "small": dict(vocab=2048, d=256, ffn=688, layers=4, heads=8, kv=2, tied=False, theta=1e4),
+    "qwen2.5-0.5b": dict(vocab=151936, d=896, ffn=4864, layers=24, heads=14, kv=2, tied=True, theta=1e6),
+    "diffucoder-7b": dict(vocab=152064, d=3584, ffn=18944, layers=28, heads=28, kv=4, tied=False, theta=1e6),
+}
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d, eps=1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x):
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        d, h, kv = c["d"], c["heads"], c["kv"]
+        self.h, self.kv, self.hd = h, kv, d // h
+        self.input_layernorm = RMSNorm(d)
+        self.q_proj = nn.Linear(d, h * self.hd, bias=True)
+        self.k_proj = nn.Linear(d, kv * self.hd, bias=True)
+        self.v_proj = nn.Linear(d, kv * self.hd, bias=True)
+        self.o_proj = nn.Linear(h * self.hd, d, bias=False)
+        self.post_attention_layernorm = RMSNorm(d)
+        self.gate_proj = nn.Linear(d, c["ffn"], bias=False)
+        self.up_proj = nn.Linear(d, c["ffn"], bias=False)
+        self.down_proj = nn.Linear(c["ffn"], d, bias=False)
+
+    def forward(self, x, cos, sin):
+        b, s, _ = x.shape
+        y = self.input_layernorm(x)
+        q = self.q_proj(y).view(b, s, self.h, self.hd).transpose(1, 2)
+        k = self.k_proj(y).view(b, s, self.kv, self.hd).transpose(1, 2)
+        v = self.v_proj(y).view(b, s, self.kv, self.hd).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=False, enable_gqa=True)
+        x = x + self.o_proj(a.transpose(1, 2).reshape(b, s, -1))
+        y = self.post_attention_layernorm(x)
+        return x + self.down_proj(F.silu(self.gate_proj(y)) * self.up_proj(y))
+
+
+class Model(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.c = c
+        self.embed_tokens = nn.Embedding(c["vocab"], c["d"])
+        self.layers = nn.ModuleList(Block(c) for _ in range(c["layers"]))
+        self.norm = RMSNorm(c["d"])
+        self.lm_head = None if c["tied"] else nn.Linear(c["d"], c["vocab"], bias=False)
+
+    def forward(self, ids):
+        b, s = ids.shape
+        hd = self.c["d"] // self.c["heads"]
+        inv = 1.0 / (self.c["theta"] ** (torch.arange(0, hd, 2, device=ids.device).float() / hd))
+        freqs = torch.arange(s, device=ids.device).float()[:, None] * inv[None]
+        emb = torch.cat((freqs, freqs), -1)
+        x = self.embed_tokens(ids)
+        cos, sin = emb.cos().to(x.dtype)[None, None], emb.sin().to(x.dtype)[None, None]
+        for layer in self.layers:
+            x = layer(x, cos, sin)
+        x = self.norm(x)
+        w = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return x @ w.t()
+
+
+def flops(c, batch, seq):
+    d, f, v, hd = c["d"], c["ffn"], c["vocab"], c["d"] // c["heads"]
+    kv = c["kv"] * hd
+    per_token = c["layers"] * (2 * (2 * d * d + 2 * d * kv) + 4 * seq * d + 6 * d * f) + 2 * d * v
+    return 3.0 * batch * seq * per_token
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    c = PRESETS[a.preset]
+    dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
+    dev = torch.device(a.device)
+    torch.manual_seed(0)
+    model = Model(c).to(dev, dtype)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"torch train-step bench: {a.preset} ({n} params), batch {a.batch} x seq {a.seq}, {a.dtype}, device {a.device} (torch {torch.__version__})")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.99), weight_decay=0.1)
+    ids = torch.randint(0, c["vocab"], (a.batch, a.seq), device=dev)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    fwd, bwd, step_opt, first = [], [], [], 0.0
+    for step in range(a.steps + 1):
+        t0 = time.perf_counter()
+        logits = model(ids).float()
+        loss = -torch.log_softmax(logits, -1).gather(-1, ids[..., None]).mean()
+        sync()
+        t1 = time.perf_counter()
+        loss.backward()
+        sync()
+        t2 = time.perf_counter()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync()
+        t3 = time.perf_counter()
+        if step == 0:
+            first = t3 - t0
+        else:
+            fwd.append(t1 - t0)
+            bwd.append(t2 - t1)
+            step_opt.append(t3 - t2)
+    med = lambda v: sorted(v)[len(v) // 2]
+    f, b, o = med(fwd), med(bwd), med(step_opt)
+    s = f + b + o
+    print(f"first step (warm-up, incl. compilation): {first:.2f} s")
+    print(f"step: {s*1e3:.1f} ms (fwd {f*1e3:.1f} + bwd {b*1e3:.1f} + AdamW {o*1e3:.1f})")
+    print(f"tokens/s: {a.batch*a.seq/s:.0f}")
+    print(f"TFLOP/s: {flops(c, a.batch, a.seq)/s/1e12:.2f}")
+    if dev.type == "cuda":
+        print(f"peak GPU memory: {torch.cuda.max_memory_allocated()/2**30:.2f} GiB allocated, {torch.cuda.max_memory_reserved()/2**30:.2f} GiB reserved")
+
+
+if __name__ == "__main__":
+    main()
