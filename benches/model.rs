@@ -39,9 +39,18 @@ fn main() {
     );
 
     let tokens = batch * seq;
-    let (d, f, v) = (config.hidden_size, config.intermediate_size, config.vocab_size);
+    let (d, f, v) = (
+        config.hidden_size,
+        config.intermediate_size,
+        config.vocab_size,
+    );
     let mut ceiling: f64 = 0.0;
-    for (m, k, n) in [(tokens, d, f), (tokens, f, d), (tokens, d, v), (tokens, d, d)] {
+    for (m, k, n) in [
+        (tokens, d, f),
+        (tokens, f, d),
+        (tokens, d, v),
+        (tokens, d, d),
+    ] {
         let g = matmul_flops::<Cpu>(m, k, n, 5, DType::F32, &device) / 1e9;
         println!("matmul [{m}x{k}]x[{k}x{n}]: {g:.1} GFLOP/s");
         ceiling = ceiling.max(g);

@@ -17,11 +17,16 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 
 /// Matmul FLOPs of one forward pass over `batch` sequences of length `seq`.
 pub fn forward_flops(c: &ModelConfig, batch: usize, seq: usize) -> f64 {
-    let (d, f, v) = (c.hidden_size as f64, c.intermediate_size as f64, c.vocab_size as f64);
+    let (d, f, v) = (
+        c.hidden_size as f64,
+        c.intermediate_size as f64,
+        c.vocab_size as f64,
+    );
     let kv = (c.kv_heads() * c.head_dim()) as f64;
     let attn_proj = 2.0 * (2.0 * d * d + 2.0 * d * kv);
     let attn_core = 2.0 * 2.0 * seq as f64 * d; // QKᵀ and PV per token
-    let per_token = c.num_hidden_layers as f64 * (attn_proj + attn_core + 6.0 * d * f) + 2.0 * d * v;
+    let per_token =
+        c.num_hidden_layers as f64 * (attn_proj + attn_core + 6.0 * d * f) + 2.0 * d * v;
     (batch * seq) as f64 * per_token
 }
 
@@ -105,7 +110,14 @@ pub fn train_step<B: AutodiffBackend>(
 }
 
 /// FLOP/s of `[m, k] x [k, n]` in `dtype` on `device` (median of `reps` after a warm-up).
-pub fn matmul_flops<B: Backend>(m: usize, k: usize, n: usize, reps: usize, dtype: DType, device: &B::Device) -> f64 {
+pub fn matmul_flops<B: Backend>(
+    m: usize,
+    k: usize,
+    n: usize,
+    reps: usize,
+    dtype: DType,
+    device: &B::Device,
+) -> f64 {
     let a = Tensor::<B, 2>::random([m, k], Distribution::Default, device).cast(dtype);
     let b = Tensor::<B, 2>::random([k, n], Distribution::Default, device).cast(dtype);
     let sync = || B::sync(device).expect("device sync");

@@ -6,8 +6,8 @@ use std::process::Command;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use coupled_grpo::backend::Cpu;
 use coupled_grpo::model::{
-    self, init_directory, load_pretrained, load_pretrained_with, save_pretrained, DiffusionLm, ModelConfig,
-    SaveDtype,
+    self, init_directory, load_pretrained, load_pretrained_with, save_pretrained, DiffusionLm,
+    ModelConfig, SaveDtype,
 };
 use coupled_grpo::Error;
 
@@ -17,7 +17,10 @@ fn tiny_dir(tmp: &Path) -> std::path::PathBuf {
 }
 
 fn ids() -> Tensor<Cpu, 2, Int> {
-    Tensor::from_data(TensorData::new(vec![5i64, 9, 3, 3, 200, 17], [1, 6]), &Default::default())
+    Tensor::from_data(
+        TensorData::new(vec![5i64, 9, 3, 3, 200, 17], [1, 6]),
+        &Default::default(),
+    )
 }
 
 fn max_diff(a: Tensor<Cpu, 3>, b: Tensor<Cpu, 3>) -> f32 {
@@ -31,11 +34,17 @@ fn save_then_load_gives_identical_logits() {
     let a = load_pretrained::<Cpu>(&dir, &Default::default()).unwrap();
     save_pretrained(&a, tmp.path().join("copy"), SaveDtype::F32).unwrap();
     let b = load_pretrained::<Cpu>(tmp.path().join("copy"), &Default::default()).unwrap();
-    assert_eq!(max_diff(a.forward(ids(), None), b.forward(ids(), None)), 0.0);
+    assert_eq!(
+        max_diff(a.forward(ids(), None), b.forward(ids(), None)),
+        0.0
+    );
     // Same seed, same weights; another seed, other weights.
     let config = ModelConfig::preset("tiny").unwrap();
     let c = DiffusionLm::<Cpu>::init_with(&config, &Default::default(), 7, DType::F32);
-    assert_eq!(max_diff(a.forward(ids(), None), c.forward(ids(), None)), 0.0);
+    assert_eq!(
+        max_diff(a.forward(ids(), None), c.forward(ids(), None)),
+        0.0
+    );
     let d = DiffusionLm::<Cpu>::init_with(&config, &Default::default(), 8, DType::F32);
     assert!(max_diff(a.forward(ids(), None), d.forward(ids(), None)) > 1e-3);
 }
@@ -48,8 +57,12 @@ fn bf16_checkpoint_round_trips() {
     save_pretrained(&a, tmp.path().join("bf16"), SaveDtype::Bf16).unwrap();
     let text = std::fs::read_to_string(tmp.path().join("bf16/config.json")).unwrap();
     assert!(text.contains("bfloat16"));
-    let b = load_pretrained_with::<Cpu>(tmp.path().join("bf16"), &Default::default(), DType::BF16).unwrap();
-    let diff = max_diff(a.forward(ids(), None).cast(DType::F32), b.forward(ids(), None).cast(DType::F32));
+    let b = load_pretrained_with::<Cpu>(tmp.path().join("bf16"), &Default::default(), DType::BF16)
+        .unwrap();
+    let diff = max_diff(
+        a.forward(ids(), None).cast(DType::F32),
+        b.forward(ids(), None).cast(DType::F32),
+    );
     assert_eq!(diff, 0.0, "bf16 values survive a bf16 save exactly");
 }
 
@@ -67,7 +80,11 @@ fn edit_weights(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
         .map(|(k, s, d)| {
-            (k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
+                    .unwrap(),
+            )
         })
         .collect();
     std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
@@ -77,7 +94,9 @@ fn edit_weights(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<
 fn missing_tensor_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tiny_dir(tmp.path());
-    edit_weights(&dir, |t| t.retain(|(k, _, _)| k != "model.layers.1.self_attn.k_proj.bias"));
+    edit_weights(&dir, |t| {
+        t.retain(|(k, _, _)| k != "model.layers.1.self_attn.k_proj.bias")
+    });
     match load_pretrained::<Cpu>(&dir, &Default::default()) {
         Err(Error::MissingTensor { key, expected, .. }) => {
             assert_eq!(key, "model.layers.1.self_attn.k_proj.bias");
@@ -91,9 +110,14 @@ fn missing_tensor_is_named() {
 fn unexpected_tensor_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tiny_dir(tmp.path());
-    edit_weights(&dir, |t| t.push(("model.layers.9.extra".into(), vec![2], vec![0u8; 8])));
+    edit_weights(&dir, |t| {
+        t.push(("model.layers.9.extra".into(), vec![2], vec![0u8; 8]))
+    });
     let err = load_pretrained::<Cpu>(&dir, &Default::default()).unwrap_err();
-    assert!(matches!(&err, Error::UnexpectedTensor { key, .. } if key == "model.layers.9.extra"), "{err}");
+    assert!(
+        matches!(&err, Error::UnexpectedTensor { key, .. } if key == "model.layers.9.extra"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -101,14 +125,20 @@ fn wrong_shape_names_key_and_both_shapes() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tiny_dir(tmp.path());
     edit_weights(&dir, |t| {
-        let e = t.iter_mut().find(|(k, _, _)| k == "model.norm.weight").unwrap();
+        let e = t
+            .iter_mut()
+            .find(|(k, _, _)| k == "model.norm.weight")
+            .unwrap();
         e.1 = vec![32];
         e.2.truncate(32 * 4);
     });
     let err = load_pretrained::<Cpu>(&dir, &Default::default()).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::TensorShape { .. }), "{msg}");
-    assert!(msg.contains("model.norm.weight") && msg.contains("[32]") && msg.contains("[64]"), "{msg}");
+    assert!(
+        msg.contains("model.norm.weight") && msg.contains("[32]") && msg.contains("[64]"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -117,7 +147,9 @@ fn config_errors_name_the_field() {
     let mut unknown = base.clone();
     unknown["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
     let err = ModelConfig::from_json_str(&unknown.to_string(), None).unwrap_err();
-    assert!(matches!(&err, Error::UnsupportedArchitecture { architecture, .. } if architecture == "LlamaForCausalLM"));
+    assert!(
+        matches!(&err, Error::UnsupportedArchitecture { architecture, .. } if architecture == "LlamaForCausalLM")
+    );
 
     let mut missing = base.clone();
     missing.as_object_mut().unwrap().remove("hidden_size");
@@ -168,32 +200,85 @@ fn cli_init_inspect_forward() {
     let bin = env!("CARGO_BIN_EXE_coupled-grpo");
     let run = |args: &[&str]| {
         let o = Command::new(bin).args(args).output().unwrap();
-        (o.status.success(), String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string())
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
     };
-    let (ok, _, err) = run(&["model", "init", "--preset", "tiny", "--out", out.to_str().unwrap(), "--seed", "3"]);
+    let (ok, _, err) = run(&[
+        "model",
+        "init",
+        "--preset",
+        "tiny",
+        "--out",
+        out.to_str().unwrap(),
+        "--seed",
+        "3",
+    ]);
     assert!(ok, "{err}");
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
         assert!(out.join(f).exists(), "{f}");
     }
     let (ok, text, err) = run(&["model", "inspect", out.to_str().unwrap()]);
     assert!(ok, "{err}");
-    let params = ModelConfig::preset("tiny").unwrap().num_parameters().to_string();
+    let params = ModelConfig::preset("tiny")
+        .unwrap()
+        .num_parameters()
+        .to_string();
     assert!(text.contains(&params) && text.contains("F32"), "{text}");
 
-    let (ok, json, err) = run(&["model", "forward", "--model", out.to_str().unwrap(), "--ids", "5 9 3", "--json"]);
+    let (ok, json, err) = run(&[
+        "model",
+        "forward",
+        "--model",
+        out.to_str().unwrap(),
+        "--ids",
+        "5 9 3",
+        "--json",
+    ]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["shape"], serde_json::json!([1, 3, 512]));
     // The CLI's numbers are the library's.
     let m = load_pretrained::<Cpu>(&out, &Default::default()).unwrap();
-    let ids = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(vec![5i64, 9, 3], [1, 3]), &Default::default());
-    let want: Vec<f32> = m.forward(ids, None).into_data().convert::<f32>().into_vec().unwrap();
-    let got: Vec<f32> = v["logits"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32)).collect();
+    let ids = Tensor::<Cpu, 2, Int>::from_data(
+        TensorData::new(vec![5i64, 9, 3], [1, 3]),
+        &Default::default(),
+    );
+    let want: Vec<f32> = m
+        .forward(ids, None)
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .unwrap();
+    let got: Vec<f32> = v["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+        })
+        .collect();
     assert_eq!(got.len(), want.len());
     assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-5));
 
-    let (ok, _, err) = run(&["model", "forward", "--model", out.to_str().unwrap(), "--ids", "5 x"]);
+    let (ok, _, err) = run(&[
+        "model",
+        "forward",
+        "--model",
+        out.to_str().unwrap(),
+        "--ids",
+        "5 x",
+    ]);
     assert!(!ok && err.contains("`x` is not a token id"), "{err}");
-    let (ok, _, err) = run(&["model", "inspect", tmp.path().join("nope").to_str().unwrap()]);
+    let (ok, _, err) = run(&[
+        "model",
+        "inspect",
+        tmp.path().join("nope").to_str().unwrap(),
+    ]);
     assert!(!ok && err.contains("nope"), "{err}");
 }

@@ -8,7 +8,9 @@ use coupled_grpo::backend::Cpu;
 use coupled_grpo::model::{load_pretrained_with, DiffusionLm};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/parity")
+        .join(name)
 }
 
 struct Expected {
@@ -29,13 +31,24 @@ impl Expected {
     fn ints(&self, key: &str) -> Option<Tensor<Cpu, 2, Int>> {
         let (shape, data, dtype) = self.get(key)?;
         assert_eq!(dtype, safetensors::Dtype::I64);
-        let v: Vec<i64> = data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
-        Some(Tensor::from_data(TensorData::new(v, [shape[0], shape[1]]), &Default::default()))
+        let v: Vec<i64> = data
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        Some(Tensor::from_data(
+            TensorData::new(v, [shape[0], shape[1]]),
+            &Default::default(),
+        ))
     }
     fn floats(&self, key: &str) -> (Vec<usize>, Vec<f32>) {
         let (shape, data, dtype) = self.get(key).unwrap();
         assert_eq!(dtype, safetensors::Dtype::F32);
-        (shape, data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+        (
+            shape,
+            data.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+        )
     }
 }
 
@@ -49,7 +62,12 @@ fn max_abs_diff(model: &DiffusionLm<Cpu>, expected: &Expected, suffix: &str) -> 
         let logits = model.forward(ids, mask);
         let (shape, want) = expected.floats(&format!("{case}.logits_{suffix}"));
         assert_eq!(logits.dims().to_vec(), shape, "{case}: logits shape");
-        let got: Vec<f32> = logits.cast(DType::F32).into_data().convert::<f32>().into_vec().unwrap();
+        let got: Vec<f32> = logits
+            .cast(DType::F32)
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .unwrap();
         for (g, w) in got.iter().zip(&want) {
             assert!(g.is_finite(), "{case}: non-finite logit");
             worst = worst.max((g - w).abs());
@@ -66,7 +84,10 @@ fn check(name: &str) {
 
     let model = load_pretrained_with::<Cpu>(&dir, &device, DType::F32).unwrap();
     let (diff, scale) = max_abs_diff(&model, &expected, "f32");
-    assert!(scale > 0.5, "{name}: reference logits too small to be a meaningful check ({scale})");
+    assert!(
+        scale > 0.5,
+        "{name}: reference logits too small to be a meaningful check ({scale})"
+    );
     eprintln!("{name}: f32 max |Δlogit| = {diff:.2e} (logit scale {scale:.2})");
     assert!(diff <= 1e-4, "{name}: f32 max |Δlogit| = {diff} > 1e-4");
 
@@ -74,7 +95,10 @@ fn check(name: &str) {
     let (diff, scale) = max_abs_diff(&model, &expected, "bf16");
     eprintln!("{name}: bf16 max |Δlogit| = {diff:.2e}");
     // bf16 keeps 8 mantissa bits; two implementations round differently along the way.
-    assert!(diff <= 0.06 * scale.max(1.0), "{name}: bf16 max |Δlogit| = {diff} (scale {scale})");
+    assert!(
+        diff <= 0.06 * scale.max(1.0),
+        "{name}: bf16 max |Δlogit| = {diff} (scale {scale})"
+    );
 }
 
 #[test]

@@ -21,14 +21,39 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
-    pub fn from_source<S: WeightSource<B>>(source: &mut S, prefix: &str, c: &ModelConfig) -> Result<Self> {
+    pub fn from_source<S: WeightSource<B>>(
+        source: &mut S,
+        prefix: &str,
+        c: &ModelConfig,
+    ) -> Result<Self> {
         let (d, hd, std) = (c.hidden_size, c.head_dim(), c.initializer_range);
         let (h, kv) = (c.num_attention_heads, c.kv_heads());
         Ok(Self {
             q_proj: Linear::from_source(source, &format!("{prefix}.q_proj"), d, h * hd, true, std)?,
-            k_proj: Linear::from_source(source, &format!("{prefix}.k_proj"), d, kv * hd, true, std)?,
-            v_proj: Linear::from_source(source, &format!("{prefix}.v_proj"), d, kv * hd, true, std)?,
-            o_proj: Linear::from_source(source, &format!("{prefix}.o_proj"), h * hd, d, false, std)?,
+            k_proj: Linear::from_source(
+                source,
+                &format!("{prefix}.k_proj"),
+                d,
+                kv * hd,
+                true,
+                std,
+            )?,
+            v_proj: Linear::from_source(
+                source,
+                &format!("{prefix}.v_proj"),
+                d,
+                kv * hd,
+                true,
+                std,
+            )?,
+            o_proj: Linear::from_source(
+                source,
+                &format!("{prefix}.o_proj"),
+                h * hd,
+                d,
+                false,
+                std,
+            )?,
             num_heads: h,
             num_kv_heads: kv,
             head_dim: hd,
@@ -73,7 +98,10 @@ impl<B: Backend> Attention<B> {
         };
         let probs = softmax(scores, 3).cast(dtype);
         let out = probs.matmul(v); // [b, kv, rep*s, hd]
-        let out = out.reshape([b, h, s, hd]).swap_dims(1, 2).reshape([b, s, h * hd]);
+        let out = out
+            .reshape([b, h, s, hd])
+            .swap_dims(1, 2)
+            .reshape([b, s, h * hd]);
         self.o_proj.forward(out)
     }
 

@@ -19,10 +19,19 @@ pub struct Block<B: Backend> {
 }
 
 impl<B: Backend> Block<B> {
-    pub fn from_source<S: WeightSource<B>>(source: &mut S, prefix: &str, c: &ModelConfig) -> Result<Self> {
+    pub fn from_source<S: WeightSource<B>>(
+        source: &mut S,
+        prefix: &str,
+        c: &ModelConfig,
+    ) -> Result<Self> {
         let (d, eps) = (c.hidden_size, c.rms_norm_eps);
         Ok(Self {
-            input_layernorm: RmsNorm::from_source(source, &format!("{prefix}.input_layernorm"), d, eps)?,
+            input_layernorm: RmsNorm::from_source(
+                source,
+                &format!("{prefix}.input_layernorm"),
+                d,
+                eps,
+            )?,
             self_attn: Attention::from_source(source, &format!("{prefix}.self_attn"), c)?,
             post_attention_layernorm: RmsNorm::from_source(
                 source,
@@ -43,12 +52,16 @@ impl<B: Backend> Block<B> {
         sin: Tensor<B, 4>,
         bias: Option<Tensor<B, 4>>,
     ) -> Tensor<B, 3> {
-        let x = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), cos, sin, bias);
+        let x = x.clone()
+            + self
+                .self_attn
+                .forward(self.input_layernorm.forward(x), cos, sin, bias);
         x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
     }
 
     pub fn save(&self, sink: &mut TensorSink, prefix: &str) {
-        self.input_layernorm.save(sink, &format!("{prefix}.input_layernorm"));
+        self.input_layernorm
+            .save(sink, &format!("{prefix}.input_layernorm"));
         self.self_attn.save(sink, &format!("{prefix}.self_attn"));
         self.post_attention_layernorm
             .save(sink, &format!("{prefix}.post_attention_layernorm"));

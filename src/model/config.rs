@@ -114,7 +114,9 @@ impl ModelConfig {
 
     /// Parse and validate config JSON; `path` is only used in error messages.
     pub fn from_json_str(text: &str, path: Option<&Path>) -> Result<Self> {
-        let shown = path.map(Path::to_path_buf).unwrap_or_else(|| "config.json".into());
+        let shown = path
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| "config.json".into());
         let mut config: ModelConfig = serde_json::from_str(text).map_err(|e| Error::Json {
             path: shown.clone(),
             line: Some(e.line()),
@@ -222,8 +224,12 @@ impl ModelConfig {
 
     /// The mask token id, or a config error naming the field.
     pub fn mask_token(&self) -> Result<u32> {
-        self.mask_token_id
-            .ok_or_else(|| Error::config("mask_token_id", "missing: a diffusion model needs a mask token"))
+        self.mask_token_id.ok_or_else(|| {
+            Error::config(
+                "mask_token_id",
+                "missing: a diffusion model needs a mask token",
+            )
+        })
     }
 
     /// Number of parameters (embedding, blocks, final norm, untied head).
@@ -249,7 +255,9 @@ impl ModelConfig {
             .find(|a| !SUPPORTED_ARCHITECTURES.contains(&a.as_str()))
         {
             return Err(Error::UnsupportedArchitecture {
-                path: path.map(Path::to_path_buf).unwrap_or_else(|| "config.json".into()),
+                path: path
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| "config.json".into()),
                 architecture: arch.clone(),
                 supported: SUPPORTED_ARCHITECTURES.join(", "),
             });
@@ -266,7 +274,7 @@ impl ModelConfig {
                 return Err(err(field, "must be positive".into()));
             }
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(err(
                 "hidden_size",
                 format!(
@@ -275,7 +283,7 @@ impl ModelConfig {
                 ),
             ));
         }
-        if self.num_attention_heads % self.kv_heads() != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
             return Err(err(
                 "num_key_value_heads",
                 format!(
@@ -285,21 +293,36 @@ impl ModelConfig {
                 ),
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err(err("hidden_size", "head_dim must be even for RoPE".into()));
         }
-        for (field, rope) in [("rope_parameters", &self.rope_parameters), ("rope_scaling", &self.rope_scaling)] {
+        for (field, rope) in [
+            ("rope_parameters", &self.rope_parameters),
+            ("rope_scaling", &self.rope_scaling),
+        ] {
             if let Some(r) = rope.as_ref().filter(|r| r.rope_type != "default") {
-                return Err(err(field, format!("rope_type `{}` is not supported (only default)", r.rope_type)));
+                return Err(err(
+                    field,
+                    format!(
+                        "rope_type `{}` is not supported (only default)",
+                        r.rope_type
+                    ),
+                ));
             }
         }
         if self.use_sliding_window {
-            return Err(err("use_sliding_window", "sliding-window attention is not supported".into()));
+            return Err(err(
+                "use_sliding_window",
+                "sliding-window attention is not supported".into(),
+            ));
         }
         if self.hidden_act != "silu" {
-            return Err(err("hidden_act", format!("`{}` is not supported (only silu)", self.hidden_act)));
+            return Err(err(
+                "hidden_act",
+                format!("`{}` is not supported (only silu)", self.hidden_act),
+            ));
         }
-        if !(self.rms_norm_eps > 0.0) {
+        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
             return Err(err("rms_norm_eps", "must be positive".into()));
         }
         if let Some(id) = self.mask_token_id {

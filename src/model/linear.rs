@@ -26,12 +26,20 @@ impl<B: Backend> Linear<B> {
         bias: bool,
         std: f64,
     ) -> Result<Self> {
-        let w = source.tensor(&format!("{prefix}.weight"), [d_out, d_in], Init::Normal(std))?;
+        let w = source.tensor(
+            &format!("{prefix}.weight"),
+            [d_out, d_in],
+            Init::Normal(std),
+        )?;
         let (device, dtype) = (w.device(), w.dtype());
         // Materialise the transpose once so every forward multiplies a contiguous matrix.
         let w = Tensor::<B, 2>::from_data(w.transpose().into_data(), &device).cast(dtype);
         let bias = if bias {
-            Some(Param::from_tensor(source.tensor(&format!("{prefix}.bias"), [d_out], Init::Zeros)?))
+            Some(Param::from_tensor(source.tensor(
+                &format!("{prefix}.bias"),
+                [d_out],
+                Init::Zeros,
+            )?))
         } else {
             None
         };

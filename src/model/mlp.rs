@@ -16,12 +16,30 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: Backend> Mlp<B> {
-    pub fn from_source<S: WeightSource<B>>(source: &mut S, prefix: &str, c: &ModelConfig) -> Result<Self> {
+    pub fn from_source<S: WeightSource<B>>(
+        source: &mut S,
+        prefix: &str,
+        c: &ModelConfig,
+    ) -> Result<Self> {
         let (d, f, std) = (c.hidden_size, c.intermediate_size, c.initializer_range);
         Ok(Self {
-            gate_proj: Linear::from_source(source, &format!("{prefix}.gate_proj"), d, f, false, std)?,
+            gate_proj: Linear::from_source(
+                source,
+                &format!("{prefix}.gate_proj"),
+                d,
+                f,
+                false,
+                std,
+            )?,
             up_proj: Linear::from_source(source, &format!("{prefix}.up_proj"), d, f, false, std)?,
-            down_proj: Linear::from_source(source, &format!("{prefix}.down_proj"), f, d, false, std)?,
+            down_proj: Linear::from_source(
+                source,
+                &format!("{prefix}.down_proj"),
+                f,
+                d,
+                false,
+                std,
+            )?,
         })
     }
 

@@ -5,15 +5,21 @@ pub mod block;
 pub mod config;
 pub mod linear;
 pub mod mlp;
-pub mod pretrained;
 pub mod norm;
+pub mod pretrained;
 pub mod rope;
 pub mod tokenizer;
 pub mod transformer;
 pub mod weights;
 
 pub use config::{ModelConfig, PRESETS};
-pub use tokenizer::{byte_level_specials, byte_level_tokenizer, chat_prompt, left_pad, PromptBatch, SpecialTokenConfig, SpecialTokens, Tokenizer, DEFAULT_SYSTEM_PROMPT};
-pub use pretrained::{check_tokenizer, init_directory, load_pretrained, load_pretrained_with, load_tokenizer, save_pretrained, vendored_qwen_tokenizer};
+pub use pretrained::{
+    check_tokenizer, init_directory, load_pretrained, load_pretrained_with, load_tokenizer,
+    save_pretrained, vendored_qwen_tokenizer,
+};
+pub use tokenizer::{
+    byte_level_specials, byte_level_tokenizer, chat_prompt, left_pad, PromptBatch,
+    SpecialTokenConfig, SpecialTokens, Tokenizer, DEFAULT_SYSTEM_PROMPT,
+};
 pub use transformer::{padding_bias, shift_logits, DiffusionLm};
 pub use weights::SaveDtype;

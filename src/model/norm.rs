@@ -14,9 +14,18 @@ pub struct RmsNorm<B: Backend> {
 }
 
 impl<B: Backend> RmsNorm<B> {
-    pub fn from_source<S: WeightSource<B>>(source: &mut S, prefix: &str, d: usize, eps: f64) -> Result<Self> {
+    pub fn from_source<S: WeightSource<B>>(
+        source: &mut S,
+        prefix: &str,
+        d: usize,
+        eps: f64,
+    ) -> Result<Self> {
         Ok(Self {
-            weight: Param::from_tensor(source.tensor(&format!("{prefix}.weight"), [d], Init::Ones)?),
+            weight: Param::from_tensor(source.tensor(
+                &format!("{prefix}.weight"),
+                [d],
+                Init::Ones,
+            )?),
             eps,
         })
     }
@@ -27,7 +36,9 @@ impl<B: Backend> RmsNorm<B> {
         let dtype = x.dtype();
         // HF computes the variance in f32 and casts back before the weight multiply.
         let x32 = x.cast(DType::F32);
-        let inv = (x32.clone().square().mean_dim(D - 1) + self.eps).sqrt().recip();
+        let inv = (x32.clone().square().mean_dim(D - 1) + self.eps)
+            .sqrt()
+            .recip();
         let normed = (x32 * inv).cast(dtype);
         normed * self.weight.val().unsqueeze()
     }

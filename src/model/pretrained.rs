@@ -14,7 +14,10 @@ use super::weights::{Init, SafetensorsSource, SaveDtype, WeightSource};
 use crate::{Error, Result};
 
 /// Load an HF model directory (`config.json` + `model.safetensors` or a sharded index) in f32.
-pub fn load_pretrained<B: Backend>(dir: impl AsRef<Path>, device: &B::Device) -> Result<DiffusionLm<B>> {
+pub fn load_pretrained<B: Backend>(
+    dir: impl AsRef<Path>,
+    device: &B::Device,
+) -> Result<DiffusionLm<B>> {
     load_pretrained_with(dir, device, DType::F32)
 }
 
@@ -36,7 +39,11 @@ pub fn load_pretrained_with<B: Backend>(
     let model = DiffusionLm::from_source(&config, &mut source)?;
     if config.tie_word_embeddings && source.contains("lm_head.weight") {
         // Some exporters store the tied head anyway; it must match the embedding's shape.
-        let _: Tensor<B, 2> = source.tensor("lm_head.weight", [config.vocab_size, config.hidden_size], Init::Zeros)?;
+        let _: Tensor<B, 2> = source.tensor(
+            "lm_head.weight",
+            [config.vocab_size, config.hidden_size],
+            Init::Zeros,
+        )?;
     }
     source.finish()?;
     Ok(model)
@@ -44,7 +51,11 @@ pub fn load_pretrained_with<B: Backend>(
 
 /// Save `config.json` and `model.safetensors` (HF keys, `[out, in]` linear weights) into `dir`,
 /// each file written atomically. The directory then loads in Hugging Face transformers.
-pub fn save_pretrained<B: Backend>(model: &DiffusionLm<B>, dir: impl AsRef<Path>, dtype: SaveDtype) -> Result<()> {
+pub fn save_pretrained<B: Backend>(
+    model: &DiffusionLm<B>,
+    dir: impl AsRef<Path>,
+    dtype: SaveDtype,
+) -> Result<()> {
     let dir = dir.as_ref();
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut config = model.config().clone();
@@ -67,7 +78,10 @@ pub fn load_tokenizer(dir: impl AsRef<Path>, config: &ModelConfig) -> Result<Tok
     if !path.exists() {
         return Err(Error::io(
             &path,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "the model directory has no tokenizer.json"),
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the model directory has no tokenizer.json",
+            ),
         ));
     }
     // Special tokens resolve by content; DiffuCoder's ids are only used to install missing ones.

@@ -100,21 +100,33 @@ impl Tokenizer {
     }
 
     /// Parse tokenizer JSON bytes; `path` only names the source in errors.
-    pub fn from_bytes(bytes: &[u8], special: &SpecialTokenConfig, path: Option<&Path>) -> Result<Self> {
+    pub fn from_bytes(
+        bytes: &[u8],
+        special: &SpecialTokenConfig,
+        path: Option<&Path>,
+    ) -> Result<Self> {
         let err = |message: String| Error::Tokenizer {
             path: path.map(Path::to_path_buf),
             message,
         };
         let mut json: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| err(format!("invalid JSON: {e}")))?;
-        let wanted = [&special.mask, &special.pad, &special.im_end, &special.im_start, &special.eos];
+        let wanted = [
+            &special.mask,
+            &special.pad,
+            &special.im_end,
+            &special.im_start,
+            &special.eos,
+        ];
         install_special_tokens(&mut json, &wanted).map_err(err)?;
         let fixed = serde_json::to_vec(&json).expect("JSON value serialises");
         let inner = tokenizers::Tokenizer::from_bytes(&fixed).map_err(|e| err(e.to_string()))?;
         let id = |(content, _): &(String, u32)| {
-            inner
-                .token_to_id(content)
-                .ok_or_else(|| err(format!("special token `{content}` is not in the vocabulary")))
+            inner.token_to_id(content).ok_or_else(|| {
+                err(format!(
+                    "special token `{content}` is not in the vocabulary"
+                ))
+            })
         };
         let special = SpecialTokens {
             mask: id(&special.mask)?,
@@ -132,7 +144,10 @@ impl Tokenizer {
 
     /// Wrap an in-memory tokenizer (e.g. one just trained) whose vocabulary already holds the
     /// special tokens by content.
-    pub fn from_tokenizers(inner: tokenizers::Tokenizer, special: &SpecialTokenConfig) -> Result<Self> {
+    pub fn from_tokenizers(
+        inner: tokenizers::Tokenizer,
+        special: &SpecialTokenConfig,
+    ) -> Result<Self> {
         let json = inner.to_string(false).map_err(|e| Error::Tokenizer {
             path: None,
             message: e.to_string(),
@@ -158,7 +173,10 @@ impl Tokenizer {
     /// Save as `tokenizer.json` (atomically).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let text = self.inner.to_string(true).map_err(|e| self.error(e.to_string()))?;
+        let text = self
+            .inner
+            .to_string(true)
+            .map_err(|e| self.error(e.to_string()))?;
         crate::util::write_atomic(path, text.as_bytes())
     }
 
@@ -172,18 +190,27 @@ impl Tokenizer {
     /// Encode text without adding special tokens (special tokens written in the text, such as
     /// the chat template's, are recognised).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| self.error(e.to_string()))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| self.error(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Decode ids; `skip_special` drops special tokens (`<|im_end|>`, pads, masks).
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special).map_err(|e| self.error(e.to_string()))
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| self.error(e.to_string()))
     }
 
     /// Encode prompts, keep the last `max_prompt_length` tokens of each (left truncation, as
     /// TRL does), and left-pad with `<|dlm_pad|>` to the longest.
-    pub fn encode_prompts(&self, prompts: &[String], max_prompt_length: usize) -> Result<PromptBatch> {
+    pub fn encode_prompts(
+        &self,
+        prompts: &[String],
+        max_prompt_length: usize,
+    ) -> Result<PromptBatch> {
         if max_prompt_length == 0 {
             return Err(Error::invalid("max_prompt_length", "must be positive"));
         }
@@ -222,15 +249,24 @@ pub fn left_pad(seqs: Vec<Vec<u32>>, pad: u32) -> PromptBatch {
 
 /// Make each `(content, id)` present as a special added token. Only rewrites an added-token
 /// slot that sits at `id` with another content; never touches the BPE vocabulary.
-fn install_special_tokens(json: &mut serde_json::Value, wanted: &[&(String, u32)]) -> std::result::Result<(), String> {
+fn install_special_tokens(
+    json: &mut serde_json::Value,
+    wanted: &[&(String, u32)],
+) -> std::result::Result<(), String> {
     let Some(added) = json.get_mut("added_tokens").and_then(|v| v.as_array_mut()) else {
         return Err("no `added_tokens` array".into());
     };
     for (content, id) in wanted.iter().map(|t| (&t.0, t.1)) {
-        if added.iter().any(|t| t.get("content").and_then(|c| c.as_str()) == Some(content.as_str())) {
+        if added
+            .iter()
+            .any(|t| t.get("content").and_then(|c| c.as_str()) == Some(content.as_str()))
+        {
             continue;
         }
-        if let Some(slot) = added.iter_mut().find(|t| t.get("id").and_then(|i| i.as_u64()) == Some(id as u64)) {
+        if let Some(slot) = added
+            .iter_mut()
+            .find(|t| t.get("id").and_then(|i| i.as_u64()) == Some(id as u64))
+        {
             slot["content"] = serde_json::Value::String(content.clone());
             slot["special"] = serde_json::Value::Bool(true);
         }
@@ -258,7 +294,13 @@ pub fn chat_prompt(system: &str, user: &str, assistant_prefill: Option<&str>) ->
 pub fn byte_level_tokenizer() -> Result<Tokenizer> {
     let special = byte_level_specials();
     use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-    let specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|mask|>", "<|dlm_pad|>"];
+    let specials = [
+        "<|endoftext|>",
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|mask|>",
+        "<|dlm_pad|>",
+    ];
     let mut alphabet: Vec<char> = ByteLevel::alphabet().into_iter().collect();
     alphabet.sort_unstable();
     let vocab: serde_json::Map<String, serde_json::Value> = specials
@@ -306,7 +348,8 @@ mod tests {
     use super::*;
 
     fn qwen() -> Tokenizer {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/tokenizers/qwen/tokenizer.json.gz");
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/tokenizers/qwen/tokenizer.json.gz");
         Tokenizer::from_file(path).unwrap()
     }
 
@@ -321,7 +364,10 @@ mod tests {
             (s.mask, s.pad, s.im_end, s.im_start, s.eos),
             (151_666, 151_667, 151_645, 151_644, 151_643)
         );
-        assert_eq!(tok.encode("<|mask|><|dlm_pad|>").unwrap(), vec![151_666, 151_667]);
+        assert_eq!(
+            tok.encode("<|mask|><|dlm_pad|>").unwrap(),
+            vec![151_666, 151_667]
+        );
     }
 
     #[test]
@@ -345,7 +391,11 @@ mod tests {
             .unwrap();
         assert_eq!(batch.len, 4);
         let long = tok.encode("a b c d e f").unwrap();
-        assert_eq!(batch.ids[1], long[long.len() - 4..].to_vec(), "keeps the last tokens");
+        assert_eq!(
+            batch.ids[1],
+            long[long.len() - 4..].to_vec(),
+            "keeps the last tokens"
+        );
         assert_eq!(batch.ids[0], vec![151_667, 151_667, 9707, 1879]);
         assert_eq!(batch.attention_mask[0], vec![0, 0, 1, 1]);
         assert_eq!(batch.attention_mask[1], vec![1, 1, 1, 1]);

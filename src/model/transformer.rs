@@ -91,7 +91,11 @@ impl<B: Backend> DiffusionLm<B> {
     /// - attention_mask: `[batch, seq]`, 1 = token, 0 = left pad; `None` = full attention with
     ///   positions `0..seq`
     /// - returns `[batch, seq, vocab]`
-    pub fn forward(&self, input_ids: Tensor<B, 2, Int>, attention_mask: Option<Tensor<B, 2, Int>>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+    ) -> Tensor<B, 3> {
         self.logits_from_hidden(self.forward_hidden(input_ids, attention_mask))
     }
 
@@ -140,7 +144,10 @@ impl<B: Backend> DiffusionLm<B> {
             None => {
                 let [b, s, d] = hidden.dims();
                 let w = self.embed_tokens.val().transpose(); // [hidden, vocab]
-                hidden.reshape([b * s, d]).matmul(w).reshape([b, s, self.config.vocab_size])
+                hidden
+                    .reshape([b * s, d])
+                    .matmul(w)
+                    .reshape([b, s, self.config.vocab_size])
             }
         }
     }
@@ -197,14 +204,20 @@ mod tests {
 
     #[test]
     fn shift_moves_rows_right_by_one() {
-        let logits = Tensor::<Cpu, 3>::from_data(TensorData::new(vec![0f32, 1., 2., 3., 4., 5.], [1, 3, 2]), &Default::default());
+        let logits = Tensor::<Cpu, 3>::from_data(
+            TensorData::new(vec![0f32, 1., 2., 3., 4., 5.], [1, 3, 2]),
+            &Default::default(),
+        );
         let out: Vec<f32> = shift_logits(logits).into_data().into_vec().unwrap();
         assert_eq!(out, vec![0., 1., 0., 1., 2., 3.]);
     }
 
     #[test]
     fn padding_bias_blocks_pads_but_keeps_their_diagonal() {
-        let mask = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(vec![0i64, 1, 1], [1, 3]), &Default::default());
+        let mask = Tensor::<Cpu, 2, Int>::from_data(
+            TensorData::new(vec![0i64, 1, 1], [1, 3]),
+            &Default::default(),
+        );
         let bias: Vec<f32> = padding_bias(mask).into_data().into_vec().unwrap();
         let blocked = MASK_BIAS;
         #[rustfmt::skip]

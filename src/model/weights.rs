@@ -25,7 +25,12 @@ pub enum Init {
 /// weights); the source checks them and returns a tensor in the model's dtype.
 pub trait WeightSource<B: Backend> {
     /// The tensor stored under `key`, of exactly `shape`.
-    fn tensor<const D: usize>(&mut self, key: &str, shape: [usize; D], init: Init) -> Result<Tensor<B, D>>;
+    fn tensor<const D: usize>(
+        &mut self,
+        key: &str,
+        shape: [usize; D],
+        init: Init,
+    ) -> Result<Tensor<B, D>>;
 }
 
 /// Random initialisation from a seeded host RNG: the same seed gives the same weights on
@@ -47,7 +52,12 @@ impl<'a, B: Backend> RandomSource<'a, B> {
 }
 
 impl<B: Backend> WeightSource<B> for RandomSource<'_, B> {
-    fn tensor<const D: usize>(&mut self, _key: &str, shape: [usize; D], init: Init) -> Result<Tensor<B, D>> {
+    fn tensor<const D: usize>(
+        &mut self,
+        _key: &str,
+        shape: [usize; D],
+        init: Init,
+    ) -> Result<Tensor<B, D>> {
         let n: usize = shape.iter().product();
         let values: Vec<f32> = match init {
             Init::Zeros => vec![0.0; n],
@@ -112,12 +122,14 @@ impl<'a, B: Backend> SafetensorsSource<'a, B> {
         let file_names: Vec<PathBuf> = if single.exists() {
             vec![single]
         } else if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
-            let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Json {
-                path: index_path.clone(),
-                line: Some(e.line()),
-                message: e.to_string(),
-            })?;
+            let text =
+                std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+            let value: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::Json {
+                    path: index_path.clone(),
+                    line: Some(e.line()),
+                    message: e.to_string(),
+                })?;
             let map = value
                 .get("weight_map")
                 .and_then(|m| m.as_object())
@@ -152,10 +164,11 @@ impl<'a, B: Backend> SafetensorsSource<'a, B> {
             let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
             // SAFETY: the file is opened read-only and we do not hold it across writes of our own.
             let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-            let (_, meta) = safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| Error::Safetensors {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+            let (_, meta) =
+                safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| Error::Safetensors {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
             for key in meta.tensors().keys() {
                 index.insert(key.clone(), files.len());
             }
@@ -173,15 +186,24 @@ impl<'a, B: Backend> SafetensorsSource<'a, B> {
 
     /// Error if the files hold tensors the model did not ask for.
     pub fn finish(self) -> Result<()> {
-        let mut extra: Vec<&String> = self.index.keys().filter(|k| !self.used.contains(*k)).collect();
+        let mut extra: Vec<&String> = self
+            .index
+            .keys()
+            .filter(|k| !self.used.contains(*k))
+            .collect();
         extra.sort();
         if let Some(key) = extra.first() {
             let file = &self.files[self.index[*key]];
-            let st = safetensors::SafeTensors::deserialize(&file.mmap).map_err(|e| Error::Safetensors {
-                path: file.path.clone(),
-                message: e.to_string(),
+            let st = safetensors::SafeTensors::deserialize(&file.mmap).map_err(|e| {
+                Error::Safetensors {
+                    path: file.path.clone(),
+                    message: e.to_string(),
+                }
             })?;
-            let shape = st.tensor(key).map(|t| t.shape().to_vec()).unwrap_or_default();
+            let shape = st
+                .tensor(key)
+                .map(|t| t.shape().to_vec())
+                .unwrap_or_default();
             return Err(Error::UnexpectedTensor {
                 path: file.path.clone(),
                 key: (*key).clone(),
@@ -198,7 +220,12 @@ impl<'a, B: Backend> SafetensorsSource<'a, B> {
 }
 
 impl<B: Backend> WeightSource<B> for SafetensorsSource<'_, B> {
-    fn tensor<const D: usize>(&mut self, key: &str, shape: [usize; D], _init: Init) -> Result<Tensor<B, D>> {
+    fn tensor<const D: usize>(
+        &mut self,
+        key: &str,
+        shape: [usize; D],
+        _init: Init,
+    ) -> Result<Tensor<B, D>> {
         let Some(&file_idx) = self.index.get(key) else {
             return Err(Error::MissingTensor {
                 path: self.root.clone(),
@@ -207,10 +234,11 @@ impl<B: Backend> WeightSource<B> for SafetensorsSource<'_, B> {
             });
         };
         let file = &self.files[file_idx];
-        let st = safetensors::SafeTensors::deserialize(&file.mmap).map_err(|e| Error::Safetensors {
-            path: file.path.clone(),
-            message: e.to_string(),
-        })?;
+        let st =
+            safetensors::SafeTensors::deserialize(&file.mmap).map_err(|e| Error::Safetensors {
+                path: file.path.clone(),
+                message: e.to_string(),
+            })?;
         let view = st.tensor(key).map_err(|e| Error::Safetensors {
             path: file.path.clone(),
             message: format!("{key}: {e}"),
@@ -223,10 +251,11 @@ impl<B: Backend> WeightSource<B> for SafetensorsSource<'_, B> {
                 found: view.shape().to_vec(),
             });
         }
-        let values = decode_f32(view.dtype(), view.data()).map_err(|message| Error::Safetensors {
-            path: file.path.clone(),
-            message: format!("{key}: {message}"),
-        })?;
+        let values =
+            decode_f32(view.dtype(), view.data()).map_err(|message| Error::Safetensors {
+                path: file.path.clone(),
+                message: format!("{key}: {message}"),
+            })?;
         self.used.insert(key.to_string());
         Ok(to_tensor::<B, D>(values, shape, self.device, self.dtype))
     }
@@ -236,14 +265,20 @@ fn decode_f32(dtype: safetensors::Dtype, bytes: &[u8]) -> std::result::Result<Ve
     use safetensors::Dtype as S;
     let chunks = |n: usize| bytes.chunks_exact(n);
     Ok(match dtype {
-        S::F32 => chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        S::F32 => chunks(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
         S::BF16 => chunks(2)
             .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect(),
         S::F16 => chunks(2)
             .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect(),
-        other => return Err(format!("unsupported dtype {other:?} (expected F32, BF16 or F16)")),
+        other => {
+            return Err(format!(
+                "unsupported dtype {other:?} (expected F32, BF16 or F16)"
+            ))
+        }
     })
 }
 
@@ -262,7 +297,11 @@ pub struct TensorSink {
 
 impl TensorSink {
     /// Record `tensor` under `key` (converted to f32 on the host).
-    pub fn put<B: Backend, const D: usize>(&mut self, key: impl Into<String>, tensor: Tensor<B, D>) {
+    pub fn put<B: Backend, const D: usize>(
+        &mut self,
+        key: impl Into<String>,
+        tensor: Tensor<B, D>,
+    ) {
         let shape = tensor.dims().to_vec();
         let values = tensor
             .cast(DType::F32)
@@ -286,7 +325,10 @@ impl TensorSink {
             .map(|(k, (shape, v))| {
                 let bytes = match dtype {
                     SaveDtype::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                    SaveDtype::Bf16 => v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect(),
+                    SaveDtype::Bf16 => v
+                        .iter()
+                        .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+                        .collect(),
                 };
                 (k.clone(), shape.clone(), bytes)
             })

@@ -116,7 +116,7 @@ impl Default for WasmConfig {
             cpu_limit: CpuLimit::default(),
             max_memory_bytes: 1 << 30,
             max_instances: 0,
-            keep_resident_bytes: 8 << 20,
+            keep_resident_bytes: 0 << 20,
         }
     }
 }

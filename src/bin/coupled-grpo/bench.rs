@@ -40,7 +40,11 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
 
 fn train_step(args: TrainStepArgs) -> anyhow::Result<()> {
     let config = ModelConfig::preset(&args.preset)?;
-    let dtype = if args.dtype == "bf16" { DType::BF16 } else { DType::F32 };
+    let dtype = if args.dtype == "bf16" {
+        DType::BF16
+    } else {
+        DType::F32
+    };
     println!(
         "train-step bench: {} ({} params), batch {} x seq {}, {}, backend {}",
         args.preset,
@@ -75,7 +79,10 @@ fn train_step(args: TrainStepArgs) -> anyhow::Result<()> {
 }
 
 fn print_stats(s: &TrainStepStats) {
-    println!("first step (warm-up, incl. compilation): {:.2} s", s.first_step_s);
+    println!(
+        "first step (warm-up, incl. compilation): {:.2} s",
+        s.first_step_s
+    );
     println!(
         "step: {:.1} ms (fwd {:.1} + bwd {:.1} + AdamW {:.1})",
         s.step_s() * 1e3,
@@ -85,5 +92,8 @@ fn print_stats(s: &TrainStepStats) {
     );
     println!("tokens/s: {:.0}", s.tokens_per_s());
     println!("TFLOP/s: {:.2}", s.flops_per_s() / 1e12);
-    println!("peak host RSS: {:.2} GiB", perf::peak_rss_bytes() as f64 / (1u64 << 30) as f64);
+    println!(
+        "peak host RSS: {:.2} GiB",
+        perf::peak_rss_bytes() as f64 / (1u64 << 30) as f64
+    );
 }

@@ -71,7 +71,11 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
         (None, Some(path)) => ModelConfig::from_file(path)?,
         (None, None) => bail!("give --preset or --config"),
     };
-    let tokenizer = args.tokenizer.as_ref().map(Tokenizer::from_file).transpose()?;
+    let tokenizer = args
+        .tokenizer
+        .as_ref()
+        .map(Tokenizer::from_file)
+        .transpose()?;
     let device = Default::default();
     model::init_directory::<Cpu>(&config, &args.out, tokenizer, args.seed, &device)
         .with_context(|| format!("writing {}", args.out.display()))?;
@@ -105,7 +109,11 @@ fn inspect(dir: &Path) -> anyhow::Result<()> {
     println!(
         "vocab            {} ({} head)",
         config.vocab_size,
-        if config.tie_word_embeddings { "tied" } else { "untied" }
+        if config.tie_word_embeddings {
+            "tied"
+        } else {
+            "untied"
+        }
     );
     println!("rope_theta       {}", config.rope_theta);
     println!("parameters       {}", config.num_parameters());
@@ -144,7 +152,8 @@ fn stored_dtypes(dir: &Path) -> anyhow::Result<Vec<String>> {
         let file = std::fs::File::open(&f).with_context(|| f.display().to_string())?;
         // SAFETY: read-only map of a file we do not modify.
         let map = unsafe { memmap2::Mmap::map(&file) }?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&map).with_context(|| f.display().to_string())?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&map)
+            .with_context(|| f.display().to_string())?;
         for info in meta.tensors().values() {
             dtypes.insert(format!("{:?}", info.dtype));
         }
@@ -156,12 +165,19 @@ fn forward(args: ForwardArgs) -> anyhow::Result<()> {
     let ids: Vec<i64> = args
         .ids
         .split_whitespace()
-        .map(|t| t.parse::<i64>().with_context(|| format!("--ids: `{t}` is not a token id")))
+        .map(|t| {
+            t.parse::<i64>()
+                .with_context(|| format!("--ids: `{t}` is not a token id"))
+        })
         .collect::<anyhow::Result<_>>()?;
     if ids.is_empty() {
         bail!("--ids: no token ids given");
     }
-    let dtype = if args.dtype == "bf16" { DType::BF16 } else { DType::F32 };
+    let dtype = if args.dtype == "bf16" {
+        DType::BF16
+    } else {
+        DType::F32
+    };
     let device = Default::default();
     let model = model::load_pretrained_with::<Cpu>(&args.model, &device, dtype)?;
     let vocab = model.config().vocab_size;
@@ -186,8 +202,14 @@ fn forward(args: ForwardArgs) -> anyhow::Result<()> {
             let (arg, max) = row
                 .iter()
                 .enumerate()
-                .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
-            println!("position {pos:>4}: argmax {arg:>7} ({max:.5}); first logits {:?}", &row[..row.len().min(4)]);
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                );
+            println!(
+                "position {pos:>4}: argmax {arg:>7} ({max:.5}); first logits {:?}",
+                &row[..row.len().min(4)]
+            );
         }
     }
     Ok(())
