@@ -92,6 +92,12 @@ struct Args {
     /// Completion length K (answer + `<|im_end|>` + `<|dlm_pad|>` padding).
     #[arg(long, default_value_t = 48)]
     completion_len: usize,
+    /// Initial probability factor of masking prompt tokens too (annealed to 0).
+    #[arg(long, default_value_t = 1.0)]
+    prompt_mask: f64,
+    /// Steps over which the prompt masking anneals to 0 (0 = never mask the prompt).
+    #[arg(long, default_value_t = 0)]
+    prompt_mask_steps: usize,
     /// Lower bound of t ~ U(eps, 1).
     #[arg(long, default_value_t = 1e-3)]
     eps: f64,
@@ -103,6 +109,9 @@ struct Args {
     /// Held-out tasks (distinct problems) in each evaluation; 0 skips evaluation.
     #[arg(long, default_value_t = 100)]
     eval_tasks: usize,
+    /// Evaluate on the training split instead (to tell memorisation from generalisation).
+    #[arg(long)]
+    eval_train_split: bool,
     /// Seed of the held-out evaluation set (fixed across training seeds).
     #[arg(long, default_value_t = 0)]
     eval_seed: u64,
@@ -204,7 +213,16 @@ fn train(args: &Args) -> Result<()> {
         let rows = batches.pop().expect("refilled");
         let lr = lr_at(args, step);
         let (t0, c0) = (Instant::now(), cpu_seconds());
-        let loss = sft_loss(&model, &rows, &tokenizer, args.eps, &mut mask_rng, &device);
+        let prompt_ratio = prompt_mask_ratio(args, step);
+        let loss = sft_loss(
+            &model,
+            &rows,
+            &tokenizer,
+            args.eps,
+            prompt_ratio,
+            &mut mask_rng,
+            &device,
+        );
         let loss_value: f32 = loss.clone().into_scalar();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(lr, model, grads);
@@ -218,7 +236,7 @@ fn train(args: &Args) -> Result<()> {
         let last = step + 1 == args.steps;
         if (step + 1).is_multiple_of(args.log_every) || last {
             let record = serde_json::json!({
-                "step": step + 1, "loss": loss_sum / loss_n as f64, "lr": lr,
+                "step": step + 1, "loss": loss_sum / loss_n as f64, "lr": lr, "prompt_mask": prompt_ratio,
                 "sec_per_step": compute_s / (step + 1) as f64, "cpu_sec_per_step": cpu_s / (step + 1) as f64,
                 "elapsed_s": started.elapsed().as_secs_f64(),
             });
@@ -229,6 +247,9 @@ fn train(args: &Args) -> Result<()> {
         let eval_now = args.eval_every > 0 && (step + 1).is_multiple_of(args.eval_every);
         if let Some(ev) = &evaluator {
             if eval_now || last {
+                // Keep a usable directory at every evaluation, so a cut run still leaves one.
+                save_pretrained(&model.valid(), &args.out, SaveDtype::F32)?;
+                tokenizer.save(args.out.join("tokenizer.json"))?;
                 let report = ev.run(&model.valid(), &tokenizer, args)?;
                 let record = serde_json::json!({"step": step + 1, "eval": report});
                 println!("{record}");
@@ -358,6 +379,15 @@ fn cpu_seconds() -> f64 {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
+/// The prompt-masking ratio at `step`: linear from `--prompt-mask` to 0 over the first
+/// `--prompt-mask-steps` steps.
+fn prompt_mask_ratio(args: &Args, step: usize) -> f64 {
+    if step >= args.prompt_mask_steps {
+        return 0.0;
+    }
+    args.prompt_mask * (1.0 - step as f64 / args.prompt_mask_steps as f64)
+}
+
 /// Warm-up then cosine from `lr` to `lr / 10`.
 fn lr_at(args: &Args, step: usize) -> f64 {
     if step < args.warmup {
@@ -369,15 +399,21 @@ fn lr_at(args: &Args, step: usize) -> f64 {
 }
 
 /// The diffusion SFT loss of one batch (a scalar tensor).
+///
+/// `prompt_ratio` > 0 also masks prompt tokens (special tokens excepted) with probability
+/// `t · prompt_ratio` and scores them the same way: DiffuCoder anneals this "conditional mask"
+/// to zero over its first SFT epoch (spec §3.7). With 0 only the completion is scored.
 fn sft_loss<B: Backend>(
     model: &DiffusionLm<B>,
     rows: &[Row],
     tokenizer: &Tokenizer,
     eps: f64,
+    prompt_ratio: f64,
     rng: &mut ChaCha8Rng,
     device: &B::Device,
 ) -> Tensor<B, 1> {
     let s = tokenizer.special();
+    let specials = [s.eos, s.im_start, s.im_end, s.mask, s.pad];
     let b = rows.len();
     let k = rows[0].completion.len();
     let p = rows
@@ -385,35 +421,49 @@ fn sft_loss<B: Backend>(
         .map(|r| r.prompt.len())
         .max()
         .expect("non-empty batch");
-    let (mut ids, mut attn, mut targets, mut weights) = (
+    // Scored positions: the completion, or everything after position 0 with prompt masking.
+    let first = if prompt_ratio > 0.0 { 1 } else { p };
+    let n = p + k - first;
+    let (mut ids, mut attn) = (
         Vec::with_capacity(b * (p + k)),
         Vec::with_capacity(b * (p + k)),
-        Vec::with_capacity(b * k),
-        Vec::with_capacity(b * k),
     );
+    let (mut targets, mut weights) = (Vec::with_capacity(b * n), Vec::with_capacity(b * n));
     for row in rows {
         let pad = p - row.prompt.len();
-        ids.extend(std::iter::repeat_n(i64::from(s.pad), pad));
-        attn.extend(std::iter::repeat_n(0i64, pad));
-        ids.extend(row.prompt.iter().map(|&t| i64::from(t)));
-        attn.extend(std::iter::repeat_n(1i64, row.prompt.len() + k));
         let t = rng.random_range(eps..1.0);
-        for &tok in &row.completion {
-            let masked = rng.random::<f64>() < t;
-            ids.push(i64::from(if masked { s.mask } else { tok }));
-            targets.push(i64::from(tok));
-            weights.push(if masked { (1.0 / t) as f32 } else { 0.0 });
+        let tokens = std::iter::repeat_n(None, pad)
+            .chain(row.prompt.iter().map(|&tok| Some((tok, t * prompt_ratio))))
+            .chain(row.completion.iter().map(|&tok| Some((tok, t))));
+        for (pos, slot) in tokens.enumerate() {
+            let (id, weight) = match slot {
+                None => (s.pad, 0.0),
+                Some((tok, prob)) => {
+                    let maskable = prob > 0.0 && !(pos < p && specials.contains(&tok));
+                    if maskable && rng.random::<f64>() < prob {
+                        (s.mask, (1.0 / t) as f32)
+                    } else {
+                        (tok, 0.0)
+                    }
+                }
+            };
+            ids.push(i64::from(id));
+            attn.push(i64::from(slot.is_some()));
+            if pos >= first {
+                targets.push(i64::from(slot.map_or(s.pad, |(tok, _)| tok)));
+                weights.push(weight);
+            }
         }
     }
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, p + k]), device);
     let attn = Tensor::<B, 2, Int>::from_data(TensorData::new(attn, [b, p + k]), device);
-    let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [b, k]), device);
-    let weights = Tensor::<B, 2>::from_data(TensorData::new(weights, [b, k]), device);
+    let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [b, n]), device);
+    let weights = Tensor::<B, 2>::from_data(TensorData::new(weights, [b, n]), device);
     let hidden = model.forward_hidden(ids, Some(attn));
     let d = hidden.dims()[2];
-    // Dream's shift (`shift_logits`): completion token P + i is scored by output row P + i − 1.
-    // Slicing the hidden states first runs the vocabulary projection on the K rows only.
-    let hidden = hidden.slice([0..b, p - 1..p + k - 1, 0..d]);
+    // Dream's shift (`shift_logits`): the token at position j is scored by output row j − 1.
+    // Slicing the hidden states first runs the vocabulary projection on scored rows only.
+    let hidden = hidden.slice([0..b, first - 1..p + k - 1, 0..d]);
     let logp = log_softmax(model.logits_from_hidden(hidden), 2);
     let token_logp = logp
         .gather(2, targets.unsqueeze_dim::<3>(2))
@@ -440,7 +490,12 @@ struct EvalReport {
 
 impl Evaluator {
     fn new(args: &Args) -> Result<Self> {
-        let tasks = Generator::new(Split::HeldOut, args.eval_seed).distinct(args.eval_tasks)?;
+        let split = if args.eval_train_split {
+            Split::Train
+        } else {
+            Split::HeldOut
+        };
+        let tasks = Generator::new(split, args.eval_seed).distinct(args.eval_tasks)?;
         let executor: Arc<dyn Executor> = Arc::new(
             ProcessExecutor::new(ProcessConfig {
                 workers: 2,

@@ -6,23 +6,30 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`model`] | the Dream/DiffuCoder masked-diffusion transformer (Qwen2 blocks, no causal mask), HF config/safetensors I/O, tokenizer and chat template |
+//! | [`rollout`] | batched full-diffusion decoding with Dream's samplers, decode-order traces, AR-ness |
+//! | [`sandbox`] | executors for untrusted Python: wasmtime + CPython (default), hardened process forkserver, worker pool |
+//! | [`data`] | tasks: AceCoder-87K (JSONL/parquet, hard subset), MBPP, HumanEval, synthetic toy tasks; prompts |
+//! | [`reward`] | DiffuCoder's format and code (pass-rate) rewards behind the `RewardFn` trait |
+//! | [`estimator`] | likelihood estimators: coupled (default), decoupled, d1, full-mask |
+//! | [`grpo`] | advantages, clipped loss with k3 KL, optimizer/schedule, reference sync, trainer, checkpoints |
+//! | [`metrics`] | TRL-named metrics sink, pass@k |
+//! | [`perf`] | shared timing helpers for benches and `coupled-grpo bench` |
 //!
 //! Backends are chosen at the edge: the library is generic over `burn::tensor::backend::Backend`;
 //! tests and the embedded default use the flex CPU backend ([`backend::Cpu`]), the `cuda`
 //! feature adds burn-cuda ([`backend::Cuda`]).
 
 pub mod backend;
-pub mod error;
-pub mod model;
-pub mod perf;
-pub mod util;
-// (module declarations: keep one per line, alphabetical)
 pub mod data;
+pub mod error;
 pub mod estimator;
 pub mod grpo;
 pub mod metrics;
+pub mod model;
+pub mod perf;
 pub mod reward;
 pub mod rollout;
 pub mod sandbox;
+pub mod util;
 
 pub use error::{Error, Result};

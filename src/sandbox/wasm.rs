@@ -104,7 +104,10 @@ pub struct WasmConfig {
     pub max_memory_bytes: u64,
     /// Instances that can exist at once (pool size); 0 = four per available core.
     pub max_instances: u32,
-    /// Bytes of each memory slot kept resident between instances (must cover the touched heap).
+    /// Bytes at the bottom of each memory slot reset by copying from the image instead of being
+    /// decommitted (which makes the next sample re-fault them). Each instance copies this much,
+    /// so bigger is not better: on the MBPP bench (2 workers, loaded 2-vCPU VM) 8 MiB gave 597
+    /// tests/s against 401 with the prototype's 24 MiB.
     pub keep_resident_bytes: u64,
 }
 
@@ -116,7 +119,7 @@ impl Default for WasmConfig {
             cpu_limit: CpuLimit::default(),
             max_memory_bytes: 1 << 30,
             max_instances: 0,
-            keep_resident_bytes: 0 << 20,
+            keep_resident_bytes: 8 << 20,
         }
     }
 }
