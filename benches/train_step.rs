@@ -12,6 +12,8 @@
 //! optimizer (global clip + AdamW). `--reward sandbox` (default with the `wasm` feature) is the
 //! released combination over the wasm sandbox; `--reward length` a sandbox-free stand-in.
 //! Presets with a Qwen-sized vocabulary use the vendored Qwen tokenizer, others the byte-level one.
+//! `--data FILE` / `--tokenizer FILE` point at MBPP / the Qwen tokenizer when the binary runs
+//! outside this source tree.
 
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::DType;
@@ -173,6 +175,15 @@ fn run<B: AutodiffBackend>(device: B::Device, device_name: &str) {
         let mut stats: Vec<StepStats> = Vec::new();
         for r in 0..=rounds {
             let s = trainer.step().expect("round");
+            // Per-round progress, so a run cut off by a time limit still says something.
+            eprintln!(
+                "  {kind} round {r}{}: {:.2}s (rollout {:.2}s, old/ref {:.2}s, update {:.2}s)",
+                if r == 0 { " (warm-up)" } else { "" },
+                s.step_time,
+                s.rollout_time,
+                s.old_ref_time,
+                s.update_time
+            );
             if r > 0 {
                 stats.push(s);
             }

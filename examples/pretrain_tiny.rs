@@ -118,6 +118,10 @@ struct Args {
     /// Denoising steps of the greedy evaluation rollouts (default: K).
     #[arg(long)]
     eval_steps: Option<usize>,
+    /// Continue training from this model directory (its weights and tokenizer; the model-size
+    /// and vocabulary flags are then ignored).
+    #[arg(long)]
+    init: Option<PathBuf>,
     /// Evaluate an existing model directory and exit.
     #[arg(long)]
     eval_only: Option<PathBuf>,
@@ -151,27 +155,22 @@ fn train(args: &Args) -> Result<()> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     let started = Instant::now();
 
-    // The tokenizer sees only training-split text, from a stream apart from the training one.
-    let corpus = Generator::new(Split::Train, args.seed ^ 0x746f_6b65)
-        .take(args.tokenizer_tasks)
-        .map(|t| {
-            Ok(format!(
-                "{}{}<|im_end|>",
-                prompt_text(&t),
-                completion_text(&t)?
-            ))
-        })
-        .collect::<coupled_grpo::Result<Vec<String>>>()?;
-    let tokenizer = train_tokenizer(corpus.iter(), args.vocab)?;
-    println!(
-        "tokenizer: {} ids trained on {} tasks in {:.1}s",
-        tokenizer.vocab_size(),
-        corpus.len(),
-        started.elapsed().as_secs_f64()
-    );
-
+    let device = Default::default();
+    let (tokenizer, config, mut model) = match &args.init {
+        Some(dir) => {
+            let model = load_pretrained::<CpuAutodiff>(dir, &device)?;
+            let tokenizer = load_tokenizer(dir, model.config())?;
+            (tokenizer, model.config().clone(), model)
+        }
+        None => {
+            let tokenizer = build_tokenizer(args)?;
+            let config = model_config(args, &tokenizer)?;
+            let model =
+                DiffusionLm::<CpuAutodiff>::init_with(&config, &device, args.seed, DType::F32);
+            (tokenizer, config, model)
+        }
+    };
     report_lengths(&tokenizer, args)?;
-    let config = model_config(args, &tokenizer)?;
     println!(
         "model: {} parameters ({:.1} MB in f32): hidden {}, {} layers, {} heads ({} kv), ffn {}, vocab {}",
         config.num_parameters(),
@@ -183,8 +182,6 @@ fn train(args: &Args) -> Result<()> {
         config.intermediate_size,
         config.vocab_size
     );
-    let device = Default::default();
-    let mut model = DiffusionLm::<CpuAutodiff>::init_with(&config, &device, args.seed, DType::F32);
     let mut optim = AdamWConfig::new()
         .with_beta_2(0.99)
         .with_epsilon(1e-8)
@@ -276,6 +273,30 @@ fn train(args: &Args) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// A BPE tokenizer learned from training-split text only, drawn from a stream apart from the
+/// training one.
+fn build_tokenizer(args: &Args) -> Result<Tokenizer> {
+    let t0 = Instant::now();
+    let corpus = Generator::new(Split::Train, args.seed ^ 0x746f_6b65)
+        .take(args.tokenizer_tasks)
+        .map(|t| {
+            Ok(format!(
+                "{}{}<|im_end|>",
+                prompt_text(&t),
+                completion_text(&t)?
+            ))
+        })
+        .collect::<coupled_grpo::Result<Vec<String>>>()?;
+    let tokenizer = train_tokenizer(corpus.iter(), args.vocab)?;
+    println!(
+        "tokenizer: {} ids trained on {} tasks in {:.1}s",
+        tokenizer.vocab_size(),
+        corpus.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(tokenizer)
 }
 
 fn model_config(args: &Args, tokenizer: &Tokenizer) -> Result<ModelConfig> {

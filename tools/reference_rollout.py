@@ -15,6 +15,9 @@ bidirectional), and runs the sampler exactly as Dream's `_sample` does:
   * left padding: 4-D mask `valid_i & valid_j` (a pad query sees itself, as the Rust model
     does, so no row is fully blocked) and position ids `cumsum(mask) - 1` with pads at 1.
 
+One optional deviation, off by default: `--ban-mask-token` never samples `<|mask|>`, as the Rust
+engine does (in Dream a sampled mask token leaves its position masked).
+
 Input (JSON file): {"input_ids": [[...]], "attention_mask": [[...]], "mask_token_id": m}
 (prompts already tokenized and left-padded). Output (JSON on stdout or --out):
 {"completions": [[...]], "seconds": [...], "forward_passes": n, "torch": ver, "threads": t}.
