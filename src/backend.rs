@@ -6,9 +6,49 @@ pub type Cpu = burn::backend::Flex;
 /// CPU with autodiff, for training.
 pub type CpuAutodiff = burn::backend::Autodiff<Cpu>;
 
-/// The CUDA backend (burn-cuda, f32 compute; cast parameters for bf16).
+/// The CUDA backend (burn-cuda with burn-fusion, f32 compute; cast parameters for bf16).
+///
+/// Built without CubeCL autotune unless the `cuda-autotune` feature is on: autotune JIT-compiles
+/// ~20 candidate kernels (0.5-3 s of NVRTC each) for every new matmul shape, which kept the first
+/// training step of a 0.5B model busy for many minutes (issue 7). Pass a persistent kernel cache
+/// to [`configure_cubecl`] to skip the compilation in later runs.
 #[cfg(feature = "cuda")]
 pub type Cuda = burn::backend::Cuda<f32, i32>;
 /// CUDA with autodiff, for training.
 #[cfg(feature = "cuda")]
 pub type CudaAutodiff = burn::backend::Autodiff<Cuda>;
+
+/// CUDA without burn-fusion: every tensor op is its own (precompiled-per-shape-class) kernel, so
+/// far fewer distinct kernels are JIT-compiled and autotuned than with fusion.
+#[cfg(feature = "cuda")]
+pub type CudaUnfused =
+    burn_cubecl::CubeBackend<burn_cubecl::cubecl::cuda::CudaRuntime, f32, i32, u8>;
+/// [`CudaUnfused`] with autodiff.
+#[cfg(feature = "cuda")]
+pub type CudaUnfusedAutodiff = burn::backend::Autodiff<CudaUnfused>;
+
+/// Memory of the CubeCL CUDA pool on the default device: `(bytes in use, bytes reserved)`.
+/// Fused and unfused backends share the runtime's client, so this covers both.
+#[cfg(feature = "cuda")]
+pub fn cuda_memory_usage() -> Option<(u64, u64)> {
+    use burn_cubecl::cubecl::Runtime;
+    let client = burn_cubecl::cubecl::cuda::CudaRuntime::client(&Default::default());
+    client
+        .memory_usage()
+        .ok()
+        .map(|m| (m.bytes_in_use, m.bytes_reserved))
+}
+
+/// Install a CubeCL runtime configuration before the first CUDA client is created: the file
+/// `cubecl.toml` / env (`CUBECL_*`) as usual, plus, when `cache_dir` is given, persistent
+/// caches of compiled PTX and of autotune results in that directory (CubeCL keeps autotune
+/// results by default but never caches compiled kernels). Call once, before any CUDA tensor.
+#[cfg(feature = "cuda")]
+pub fn configure_cubecl(cache_dir: Option<&std::path::Path>) {
+    use burn_cubecl::cubecl::config::{cache::CacheConfig, CubeClRuntimeConfig, RuntimeConfig};
+    let Some(dir) = cache_dir else { return };
+    let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+    config.compilation.cache = Some(CacheConfig::File(dir.to_path_buf()));
+    config.autotune.cache = CacheConfig::File(dir.to_path_buf());
+    CubeClRuntimeConfig::set(config);
+}

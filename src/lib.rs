@@ -12,6 +12,7 @@
 //! | [`reward`] | DiffuCoder's format and code (pass-rate) rewards behind the `RewardFn` trait |
 //! | [`estimator`] | likelihood estimators: coupled (default), decoupled, d1, full-mask |
 //! | [`grpo`] | advantages, clipped loss with k3 KL, optimizer/schedule, reference sync, trainer, checkpoints |
+//! | [`eval`] | pass@k of a model on tasks through the sandbox, AR-ness of its rollouts |
 //! | [`metrics`] | TRL-named metrics sink, pass@k |
 //! | [`perf`] | shared timing helpers for benches and `coupled-grpo bench` |
 //!
@@ -23,6 +24,7 @@ pub mod backend;
 pub mod data;
 pub mod error;
 pub mod estimator;
+pub mod eval;
 pub mod grpo;
 pub mod metrics;
 pub mod model;

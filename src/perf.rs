@@ -5,7 +5,10 @@ use std::time::Instant;
 
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{activation::log_softmax, DType, Distribution, Int, Tensor};
+use burn::tensor::{
+    activation::{log_softmax, softmax},
+    DType, Distribution, Int, Tensor, TensorData,
+};
 
 use crate::model::{DiffusionLm, ModelConfig};
 
@@ -38,6 +41,10 @@ pub struct TrainStepStats {
     pub optimizer_s: f64,
     /// The first (warm-up) step, which includes one-off costs such as kernel compilation.
     pub first_step_s: f64,
+    /// The first step's phases: forward (+ loss), backward, optimizer.
+    pub first_phases_s: [f64; 3],
+    /// Model initialisation (random weights on the device).
+    pub init_s: f64,
     pub tokens_per_step: usize,
     /// Matmul FLOPs per step (x3 of the forward for fwd + bwd).
     pub flops_per_step: f64,
@@ -55,6 +62,36 @@ impl TrainStepStats {
     }
 }
 
+/// A bench phase, reported to an observer as it ends (after a device sync).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Model initialisation.
+    Init,
+    /// Forward pass and loss.
+    Forward,
+    /// Backward pass.
+    Backward,
+    /// AdamW step.
+    Optimizer,
+    /// One forward-only (rollout) pass.
+    Pass,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Init => "init",
+            Phase::Forward => "forward",
+            Phase::Backward => "backward",
+            Phase::Optimizer => "optimizer",
+            Phase::Pass => "pass",
+        }
+    }
+}
+
+/// Called with (step, phase, seconds) as each phase ends.
+pub type Observer<'a> = &'a mut dyn FnMut(usize, Phase, f64);
+
 /// Run `steps + 1` training steps of a random model of shape `config` on random tokens and time
 /// each phase (the device is synchronised between phases).
 pub fn train_step<B: AutodiffBackend>(
@@ -65,6 +102,21 @@ pub fn train_step<B: AutodiffBackend>(
     dtype: DType,
     device: &B::Device,
 ) -> TrainStepStats {
+    train_step_observed::<B>(config, batch, seq, steps, dtype, device, &mut |_, _, _| {})
+}
+
+/// [`train_step`], reporting every phase to `observe` as it ends (progress lines, memory).
+pub fn train_step_observed<B: AutodiffBackend>(
+    config: &ModelConfig,
+    batch: usize,
+    seq: usize,
+    steps: usize,
+    dtype: DType,
+    device: &B::Device,
+    observe: Observer<'_>,
+) -> TrainStepStats {
+    let sync = || B::sync(device).expect("device sync");
+    let t_init = Instant::now();
     let mut model = DiffusionLm::<B>::init_with(config, device, 0, dtype);
     let mut optim = AdamWConfig::new()
         .with_beta_2(0.99)
@@ -75,9 +127,11 @@ pub fn train_step<B: AutodiffBackend>(
         Distribution::Uniform(0.0, config.vocab_size as f64),
         device,
     );
-    let sync = || B::sync(device).expect("device sync");
+    sync();
+    let init_s = t_init.elapsed().as_secs_f64();
+    observe(0, Phase::Init, init_s);
     let (mut fwd, mut bwd, mut opt) = (Vec::new(), Vec::new(), Vec::new());
-    let mut first = 0.0;
+    let mut first = [0.0; 3];
     for step in 0..=steps.max(1) {
         let t0 = Instant::now();
         let logits = model.forward(ids.clone(), None).cast(DType::F32);
@@ -85,27 +139,135 @@ pub fn train_step<B: AutodiffBackend>(
         let loss = picked.mean().neg();
         sync();
         let t1 = Instant::now();
+        observe(step, Phase::Forward, (t1 - t0).as_secs_f64());
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         sync();
         let t2 = Instant::now();
+        observe(step, Phase::Backward, (t2 - t1).as_secs_f64());
         model = optim.step(1e-4, model, grads);
         sync();
         let t3 = Instant::now();
+        observe(step, Phase::Optimizer, (t3 - t2).as_secs_f64());
+        let phases = [t1 - t0, t2 - t1, t3 - t2].map(|d| d.as_secs_f64());
         if step == 0 {
-            first = (t3 - t0).as_secs_f64();
+            first = phases;
         } else {
-            fwd.push((t1 - t0).as_secs_f64());
-            bwd.push((t2 - t1).as_secs_f64());
-            opt.push((t3 - t2).as_secs_f64());
+            fwd.push(phases[0]);
+            bwd.push(phases[1]);
+            opt.push(phases[2]);
         }
     }
     TrainStepStats {
         forward_s: median(fwd),
         backward_s: median(bwd),
         optimizer_s: median(opt),
-        first_step_s: first,
+        first_step_s: first.iter().sum(),
+        first_phases_s: first,
+        init_s,
         tokens_per_step: batch * seq,
         flops_per_step: 3.0 * forward_flops(config, batch, seq),
+    }
+}
+
+/// Timings of the rollout's forward-only pass at fixed shapes (median after one warm-up pass).
+#[derive(Debug, Clone, Copy)]
+pub struct RolloutStats {
+    /// One pass: the model over `[rows, seq]` with a padding mask, then the LM head, a f32
+    /// softmax, the confidence (max prob) and the argmax token over `cand` rows per sequence.
+    pub pass_s: f64,
+    /// The first pass, with one-off costs such as kernel compilation.
+    pub first_pass_s: f64,
+    pub init_s: f64,
+    pub rows: usize,
+    pub seq: usize,
+    pub cand: usize,
+    /// Matmul FLOPs of one pass.
+    pub flops_per_pass: f64,
+}
+
+impl RolloutStats {
+    pub fn passes_per_s(&self) -> f64 {
+        1.0 / self.pass_s
+    }
+    pub fn tokens_per_s(&self) -> f64 {
+        (self.rows * self.seq) as f64 / self.pass_s
+    }
+    pub fn flops_per_s(&self) -> f64 {
+        self.flops_per_pass / self.pass_s
+    }
+}
+
+/// Time `passes + 1` forward-only denoising passes of a random model: the shape of one rollout
+/// step of `rollout::decode` (left-padded prompts, `cand` candidate positions per row whose
+/// logits are computed, sampled greedily and scored by their probability).
+#[allow(clippy::too_many_arguments)]
+pub fn rollout_pass<B: Backend>(
+    config: &ModelConfig,
+    rows: usize,
+    seq: usize,
+    cand: usize,
+    passes: usize,
+    dtype: DType,
+    device: &B::Device,
+    observe: Observer<'_>,
+) -> RolloutStats {
+    let cand = cand.clamp(1, seq);
+    let sync = || B::sync(device).expect("device sync");
+    let t_init = Instant::now();
+    let model = DiffusionLm::<B>::init_with(config, device, 0, dtype);
+    let ids = Tensor::<B, 2, Int>::random(
+        [rows, seq],
+        Distribution::Uniform(0.0, config.vocab_size as f64),
+        device,
+    );
+    // Odd rows carry a left pad of seq/8 tokens, as left-padded prompts do.
+    let pad = seq / 8;
+    let mask: Vec<i64> = (0..rows)
+        .flat_map(|r| (0..seq).map(move |j| i64::from(r % 2 == 0 || j >= pad)))
+        .collect();
+    let mask = Tensor::<B, 2, Int>::from_data(TensorData::new(mask, [rows, seq]), device);
+    // The last `cand` positions of every row.
+    let index: Vec<i64> = (0..rows)
+        .flat_map(|r| (seq - cand..seq).map(move |j| (r * seq + j) as i64))
+        .collect();
+    let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [rows * cand]), device);
+    sync();
+    let init_s = t_init.elapsed().as_secs_f64();
+    observe(0, Phase::Init, init_s);
+    let (h, v) = (config.hidden_size, config.vocab_size);
+    let mut times = Vec::new();
+    let mut first = 0.0;
+    for pass in 0..=passes.max(1) {
+        let t0 = Instant::now();
+        let hidden = model.forward_hidden(ids.clone(), Some(mask.clone()));
+        let picked = hidden.reshape([rows * seq, h]).select(0, index.clone());
+        let logits = model
+            .logits_from_hidden(picked.unsqueeze::<3>())
+            .cast(DType::F32)
+            .reshape([rows * cand, v]);
+        // Kept alive over the sync so that a lazy backend must compute them.
+        let outputs = (softmax(logits.clone(), 1).max_dim(1), logits.argmax(1));
+        sync();
+        let dt = t0.elapsed().as_secs_f64();
+        drop(outputs);
+        observe(pass, Phase::Pass, dt);
+        if pass == 0 {
+            first = dt;
+        } else {
+            times.push(dt);
+        }
+    }
+    // Forward FLOPs of the trunk over all tokens plus the head over the candidates only.
+    let head = 2.0 * (h * v) as f64;
+    let trunk = forward_flops(config, rows, seq) - (rows * seq) as f64 * head;
+    RolloutStats {
+        pass_s: median(times),
+        first_pass_s: first,
+        init_s,
+        rows,
+        seq,
+        cand,
+        flops_per_pass: trunk + (rows * cand) as f64 * head,
     }
 }
 

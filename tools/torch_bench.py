@@ -1,9 +1,15 @@
 #!/usr/bin/env python3
-"""PyTorch twin of `coupled-grpo bench train-step`: the same Dream-shaped bidirectional model,
-random tokens, log-softmax cross-entropy over every position, backward and AdamW (0.9, 0.99,
-weight decay 0.1), parameters in the chosen dtype. Prints the same lines as the Rust command.
+"""PyTorch twin of `coupled-grpo bench train-step` and `bench rollout`: the same Dream-shaped
+bidirectional model on random tokens.
+
+train-step: log-softmax cross-entropy over every position, backward and AdamW (0.9, 0.99, weight
+decay 0.1), parameters in the chosen dtype.
+rollout: forward-only passes over left-padded rows (odd rows carry seq/8 pads), the LM head over
+the last `--cand` positions of each row, f32 softmax confidence and argmax, as one denoising step.
+Prints the same lines as the Rust command.
 
     python3 tools/torch_bench.py --preset qwen2.5-0.5b --batch 4 --seq 512 --dtype bf16 --device cuda
+    python3 tools/torch_bench.py --mode rollout --preset qwen2.5-0.5b --batch 8 --seq 512 --cand 128 --dtype bf16
 """
 import argparse
 import time
@@ -52,7 +58,7 @@ class Block(nn.Module):
         self.up_proj = nn.Linear(d, c["ffn"], bias=False)
         self.down_proj = nn.Linear(c["ffn"], d, bias=False)
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, mask=None):
         b, s, _ = x.shape
         y = self.input_layernorm(x)
         q = self.q_proj(y).view(b, s, self.h, self.hd).transpose(1, 2)
@@ -60,7 +66,7 @@ class Block(nn.Module):
         v = self.v_proj(y).view(b, s, self.kv, self.hd).transpose(1, 2)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=False, enable_gqa=True)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=False, enable_gqa=True)
         x = x + self.o_proj(a.transpose(1, 2).reshape(b, s, -1))
         y = self.post_attention_layernorm(x)
         return x + self.down_proj(F.silu(self.gate_proj(y)) * self.up_proj(y))
@@ -75,19 +81,33 @@ class Model(nn.Module):
         self.norm = RMSNorm(c["d"])
         self.lm_head = None if c["tied"] else nn.Linear(c["d"], c["vocab"], bias=False)
 
-    def forward(self, ids):
+    def hidden(self, ids, pad_mask=None):
+        """pad_mask [b, s] with 1 = token, 0 = left pad (as DiffusionLm::forward_hidden)."""
         b, s = ids.shape
         hd = self.c["d"] // self.c["heads"]
         inv = 1.0 / (self.c["theta"] ** (torch.arange(0, hd, 2, device=ids.device).float() / hd))
-        freqs = torch.arange(s, device=ids.device).float()[:, None] * inv[None]
+        if pad_mask is None:
+            pos = torch.arange(s, device=ids.device).float()[None].expand(b, s)
+            attn = None
+        else:
+            pos = (pad_mask.cumsum(1) - 1).masked_fill(pad_mask == 0, 1).float()
+            valid = pad_mask.bool()
+            eye = torch.eye(s, dtype=torch.bool, device=ids.device)
+            attn = ((valid[:, :, None] & valid[:, None, :]) | eye)[:, None]
+        freqs = pos[..., None] * inv  # [b, s, hd/2]
         emb = torch.cat((freqs, freqs), -1)
         x = self.embed_tokens(ids)
-        cos, sin = emb.cos().to(x.dtype)[None, None], emb.sin().to(x.dtype)[None, None]
+        cos, sin = emb.cos().to(x.dtype)[:, None], emb.sin().to(x.dtype)[:, None]
         for layer in self.layers:
-            x = layer(x, cos, sin)
-        x = self.norm(x)
+            x = layer(x, cos, sin, attn)
+        return self.norm(x)
+
+    def head(self, x):
         w = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return x @ w.t()
+
+    def forward(self, ids):
+        return self.head(self.hidden(ids))
 
 
 def flops(c, batch, seq):
@@ -97,9 +117,46 @@ def flops(c, batch, seq):
     return 3.0 * batch * seq * per_token
 
 
+def forward_flops(c, batch, seq):
+    return flops(c, batch, seq) / 3.0
+
+
+def rollout(a, c, model, dev, sync):
+    rows, seq, cand = a.batch, a.seq, max(1, min(a.cand, a.seq))
+    ids = torch.randint(0, c["vocab"], (rows, seq), device=dev)
+    pad = seq // 8
+    mask = torch.ones(rows, seq, dtype=torch.long, device=dev)
+    mask[1::2, :pad] = 0
+    times, first = [], 0.0
+    with torch.no_grad():
+        for step in range(a.steps + 1):
+            t0 = time.perf_counter()
+            h = model.hidden(ids, mask)[:, seq - cand:]
+            logits = model.head(h).float().reshape(rows * cand, -1)
+            conf = torch.softmax(logits, -1).max(-1).values
+            tok = logits.argmax(-1)
+            sync()
+            dt = time.perf_counter() - t0
+            del conf, tok
+            if step == 0:
+                first = dt
+            else:
+                times.append(dt)
+    t = sorted(times)[len(times) // 2]
+    head = 2.0 * c["d"] * c["vocab"]
+    fl = forward_flops(c, rows, seq) - rows * seq * head + rows * cand * head
+    print(f"rollout pass: rows {rows} x seq {seq}, {cand} candidate positions per row")
+    print(f"first pass (warm-up, incl. compilation): {first:.2f} s")
+    print(f"pass: {t*1e3:.2f} ms, forward passes/s: {1/t:.1f}")
+    print(f"tokens/s: {rows*seq/t:.0f}")
+    print(f"TFLOP/s: {fl/t/1e12:.2f}")
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--mode", default="train-step", choices=["train-step", "rollout"])
     ap.add_argument("--preset", default="small")
+    ap.add_argument("--cand", type=int, default=128, help="rollout: candidate positions per row")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--steps", type=int, default=5)
@@ -115,13 +172,20 @@ def main():
     torch.manual_seed(0)
     model = Model(c).to(dev, dtype)
     n = sum(p.numel() for p in model.parameters())
-    print(f"torch train-step bench: {a.preset} ({n} params), batch {a.batch} x seq {a.seq}, {a.dtype}, device {a.device} (torch {torch.__version__})")
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.99), weight_decay=0.1)
-    ids = torch.randint(0, c["vocab"], (a.batch, a.seq), device=dev)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    print(f"torch {a.mode} bench: {a.preset} ({n} params), batch {a.batch} x seq {a.seq}, {a.dtype}, device {a.device} = {name} (torch {torch.__version__})")
 
     def sync():
         if dev.type == "cuda":
             torch.cuda.synchronize()
+
+    if a.mode == "rollout":
+        rollout(a, c, model, dev, sync)
+        if dev.type == "cuda":
+            print(f"peak GPU memory: {torch.cuda.max_memory_allocated()/2**30:.2f} GiB allocated, {torch.cuda.max_memory_reserved()/2**30:.2f} GiB reserved")
+        return
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.99), weight_decay=0.1)
+    ids = torch.randint(0, c["vocab"], (a.batch, a.seq), device=dev)
 
     fwd, bwd, step_opt, first = [], [], [], 0.0
     for step in range(a.steps + 1):

@@ -50,6 +50,21 @@ pub enum EstimatorKind {
     FullMask,
 }
 
+impl EstimatorKind {
+    /// All kinds, in the order of the paper's comparison.
+    pub const ALL: [EstimatorKind; 4] = [Self::Coupled, Self::Decoupled, Self::D1, Self::FullMask];
+
+    /// The config name (`coupled`, `decoupled`, `d1`, `full_mask`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Coupled => "coupled",
+            Self::Decoupled => "decoupled",
+            Self::D1 => "d1",
+            Self::FullMask => "full_mask",
+        }
+    }
+}
+
 impl std::str::FromStr for EstimatorKind {
     type Err = crate::Error;
 

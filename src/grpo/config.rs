@@ -105,14 +105,19 @@ pub struct TokenizerSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataSection {
-    /// JSONL (or parquet for AceCoder) file.
+    /// JSONL (or parquet for AceCoder) file; not read for `synthetic`.
     pub path: PathBuf,
-    /// `mbpp` | `acecoder` | `humaneval`.
+    /// `mbpp` | `acecoder` | `humaneval` | `synthetic` (the generated toy domain).
     pub format: String,
-    /// MBPP split (`train`, `test`, `validation`, `prompt`, `all`).
+    /// MBPP split (`train`, `test`, `validation`, `prompt`, `all`); for `synthetic`, `train`
+    /// or `heldout`.
     pub split: String,
-    /// Keep only the first N tasks (0 = all).
+    /// Keep only the first N tasks (0 = all; `synthetic` then draws 2000 distinct problems).
     pub limit: usize,
+    /// AceCoder: keep only the hard subset (spec §1.11, the released filter).
+    pub hard: bool,
+    /// `synthetic`: seed of the task generator.
+    pub seed: u64,
     /// Shuffle the task order each epoch (seeded by `grpo.seed` and the epoch).
     pub shuffle: bool,
     /// System message of the chat prompt.
@@ -126,6 +131,8 @@ impl Default for DataSection {
             format: "mbpp".into(),
             split: "train".into(),
             limit: 0,
+            hard: false,
+            seed: 0,
             shuffle: true,
             system_prompt: crate::data::prompt::SYSTEM_PROMPT.into(),
         }
@@ -353,10 +360,22 @@ impl TrainConfig {
                 format!("`{}` is not wasm or process", self.sandbox.executor),
             ));
         }
-        if !matches!(self.data.format.as_str(), "mbpp" | "acecoder" | "humaneval") {
+        if !matches!(
+            self.data.format.as_str(),
+            "mbpp" | "acecoder" | "humaneval" | "synthetic"
+        ) {
             return Err(Error::config(
                 "data.format",
-                format!("`{}` is not mbpp, acecoder or humaneval", self.data.format),
+                format!(
+                    "`{}` is not mbpp, acecoder, humaneval or synthetic",
+                    self.data.format
+                ),
+            ));
+        }
+        if self.data.hard && self.data.format != "acecoder" {
+            return Err(Error::config(
+                "data.hard",
+                "the hard-subset filter applies to acecoder data only",
             ));
         }
         self.rollout.validate()?;
@@ -462,5 +481,32 @@ mod tests {
         let e =
             TrainConfig::from_toml_str("", &["grpo.num_iterations=0".into()], None).unwrap_err();
         assert!(e.to_string().contains("num_iterations"), "{e}");
+    }
+
+    #[test]
+    fn synthetic_data_and_the_hard_filter() {
+        let c = TrainConfig::from_toml_str(
+            "[data]\nformat = \"synthetic\"\nsplit = \"heldout\"\nlimit = 5\nseed = 3\n",
+            &[],
+            None,
+        )
+        .unwrap();
+        let tasks = crate::grpo::trainer::load_tasks(&c).unwrap();
+        assert_eq!(tasks.len(), 5);
+        assert!(tasks.iter().all(|t| {
+            let key = crate::data::synthetic::semantic_key(&t.id).unwrap();
+            crate::data::synthetic::split_of(key) == crate::data::synthetic::Split::HeldOut
+        }));
+        let bad = TrainConfig::from_toml_str(
+            "[data]\nformat = \"synthetic\"\nsplit = \"test\"\n",
+            &[],
+            None,
+        )
+        .unwrap();
+        let e = crate::grpo::trainer::load_tasks(&bad).unwrap_err();
+        assert!(e.to_string().contains("data.split"), "{e}");
+        let e = TrainConfig::from_toml_str("[data]\nformat = \"mbpp\"\nhard = true\n", &[], None)
+            .unwrap_err();
+        assert!(e.to_string().contains("data.hard"), "{e}");
     }
 }

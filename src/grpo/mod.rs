@@ -15,8 +15,10 @@ pub use reference::{all_finite, soft_update};
 pub use schedule::{LrSchedule, ScheduleKind};
 pub mod checkpoint;
 pub mod config;
+pub mod run;
 pub mod trainer;
 
 pub use checkpoint::{SamplerState, TrainerState};
 pub use config::TrainConfig;
+pub use run::{run_with_eval, EvalPoint, RunOptions, RunSummary};
 pub use trainer::{IterationStats, Rewards, SandboxStats, StepStats, Trainer, WeightedReward};

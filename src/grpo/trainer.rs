@@ -431,8 +431,29 @@ pub fn load_tasks(config: &TrainConfig) -> Result<Vec<Task>> {
             };
             data::mbpp::load(&d.path, &opts)?.rows
         }
+        "acecoder" if d.hard => {
+            let cfg = data::acecoder::HardFilter::default();
+            let (rows, _, _) =
+                data::acecoder::hard_training_rows_from_path(&d.path, &cfg, data::OnError::Fail)?;
+            rows.iter().map(|r| r.to_task()).collect()
+        }
         "acecoder" => data::acecoder::load_tasks(&d.path, data::OnError::Fail)?.rows,
         "humaneval" => data::humaneval::load(&d.path, data::OnError::Fail)?.rows,
+        "synthetic" => {
+            use data::synthetic::{Generator, Split};
+            let split = match d.split.as_str() {
+                "train" => Split::Train,
+                "heldout" => Split::HeldOut,
+                other => {
+                    return Err(Error::config(
+                        "data.split",
+                        format!("`{other}` is not train or heldout (synthetic data)"),
+                    ))
+                }
+            };
+            let n = if d.limit > 0 { d.limit } else { 2000 };
+            Generator::new(split, d.seed).distinct(n)?
+        }
         other => {
             return Err(Error::config(
                 "data.format",
@@ -513,10 +534,16 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// Build everything from the config: policy from `model.path`, tokenizer, tasks, the
     /// released reward over the configured sandbox.
     pub fn new(config: TrainConfig, device: B::Device) -> Result<Self> {
+        let tasks = load_tasks(&config)?;
+        Self::with_tasks(config, tasks, device)
+    }
+
+    /// [`Trainer::new`] with in-memory training tasks instead of `config.data` (for example
+    /// with a held-out part of the data kept apart for evaluation).
+    pub fn with_tasks(config: TrainConfig, tasks: Vec<Task>, device: B::Device) -> Result<Self> {
         let policy =
             model::load_pretrained_with::<B>(&config.model.path, &device, model_dtype(&config))?;
         let tokenizer = load_tokenizer_for(&config, &config.model.path, policy.config())?;
-        let tasks = load_tasks(&config)?;
         let rewards = Rewards::combined(
             build_executor(&config)?,
             config.sandbox.workers,

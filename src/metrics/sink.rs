@@ -47,6 +47,15 @@ impl JsonlSink {
         Ok(Self { path, file })
     }
 
+    /// Create `path` afresh (truncating an old file), for a run that starts from scratch.
+    pub fn create(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if path.exists() {
+            std::fs::remove_file(path).map_err(|e| Error::io(path, e))?;
+        }
+        Self::append(path)
+    }
+
     /// Write one record as a line and flush it.
     pub fn write<T: Serialize>(&mut self, record: &T) -> Result<()> {
         let mut line = serde_json::to_string(record).map_err(|e| Error::Json {

@@ -1,20 +1,31 @@
-//! `coupled-grpo bench train-step`: time the project's own model on CPU or CUDA, for
+//! `coupled-grpo bench train-step | rollout`: time the project's own model on CPU or CUDA, for
 //! comparison with the PyTorch twin `tools/torch_bench.py` (same shapes, same output lines).
+//!
+//! Progress goes to stderr as each phase ends (`[bench] step 0 forward 12.3 s ...`), and with
+//! `--watchdog N` a line every N seconds says which phase is running and how much CPU time the
+//! process used meanwhile, so that a run cut off by a time limit still tells where it was.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use burn::tensor::DType;
 use clap::{Args as ClapArgs, Subcommand};
 use coupled_grpo::model::ModelConfig;
-use coupled_grpo::perf::{self, TrainStepStats};
+use coupled_grpo::perf::{self, Phase, RolloutStats, TrainStepStats};
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// Forward + cross-entropy + backward + AdamW on random tokens.
     TrainStep(TrainStepArgs),
+    /// Forward-only denoising passes at fixed shapes (the rollout's hot loop).
+    Rollout(RolloutArgs),
 }
 
 #[derive(ClapArgs)]
-pub struct TrainStepArgs {
+pub struct CommonArgs {
     /// Model shape (tiny, small, qwen2.5-0.5b, diffucoder-7b).
     #[arg(long, default_value = "small")]
     preset: String,
@@ -22,66 +33,281 @@ pub struct TrainStepArgs {
     batch: usize,
     #[arg(long, default_value_t = 512)]
     seq: usize,
-    /// Measured steps (after one warm-up step, reported separately).
+    /// Measured steps / passes (after one warm-up, reported separately).
     #[arg(long, default_value_t = 5)]
     steps: usize,
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
     dtype: String,
-    /// cpu (flex) or cuda (needs the `cuda` feature).
-    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+    /// cpu (flex), cuda (burn-cuda with fusion) or cuda-unfused (CubeCL without burn-fusion);
+    /// the cuda ones need the `cuda` feature.
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda", "cuda-unfused"])]
     backend: String,
+    /// Persistent cache of compiled kernels (PTX) and autotune results in this directory
+    /// (CUDA only). A second run on the same machine then skips JIT compilation and autotune.
+    #[arg(long)]
+    kernel_cache: Option<PathBuf>,
+    /// Print a progress line to stderr every this many seconds (0 = off).
+    #[arg(long, default_value_t = 0)]
+    watchdog: u64,
+}
+
+#[derive(ClapArgs)]
+pub struct TrainStepArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(ClapArgs)]
+pub struct RolloutArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Candidate (still masked) positions per row whose logits are computed each pass.
+    #[arg(long, default_value_t = 128)]
+    cand: usize,
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::TrainStep(args) => train_step(args),
+        BenchCommand::Rollout(args) => rollout(args),
     }
 }
 
-fn train_step(args: TrainStepArgs) -> anyhow::Result<()> {
-    let config = ModelConfig::preset(&args.preset)?;
-    let dtype = if args.dtype == "bf16" {
+fn dtype(name: &str) -> DType {
+    if name == "bf16" {
         DType::BF16
     } else {
         DType::F32
+    }
+}
+
+/// Shared progress state: the phase now running, for the watchdog.
+struct Progress {
+    start: Instant,
+    phase: AtomicUsize,
+    step: AtomicUsize,
+    done: AtomicBool,
+    cuda: bool,
+    peak_in_use: AtomicUsize,
+    peak_reserved: AtomicUsize,
+}
+
+const PHASES: [&str; 5] = ["init", "forward", "backward", "optimizer", "pass"];
+
+impl Progress {
+    fn new(cuda: bool) -> Arc<Self> {
+        Arc::new(Self {
+            start: Instant::now(),
+            phase: AtomicUsize::new(0),
+            step: AtomicUsize::new(0),
+            done: AtomicBool::new(false),
+            cuda,
+            peak_in_use: AtomicUsize::new(0),
+            peak_reserved: AtomicUsize::new(0),
+        })
+    }
+
+    /// A phase ended: print it with the device memory, and note which phase runs next.
+    fn ended(&self, step: usize, phase: Phase, seconds: f64, next: Phase) {
+        let memory = match self.cuda.then(device_memory).flatten() {
+            Some((used, reserved)) => {
+                self.peak_in_use.fetch_max(used as usize, Ordering::Relaxed);
+                self.peak_reserved
+                    .fetch_max(reserved as usize, Ordering::Relaxed);
+                format!(
+                    ", pool {:.2} GiB in use / {:.2} GiB reserved",
+                    gib(used),
+                    gib(reserved)
+                )
+            }
+            None => String::new(),
+        };
+        let (user, sys) = cpu_times();
+        eprintln!(
+            "[bench] t={:.1}s step {step} {} {:.3} s (cpu user {user:.1} s, sys {sys:.1} s{memory})",
+            self.start.elapsed().as_secs_f64(),
+            phase.name(),
+            seconds
+        );
+        let step = if matches!(phase, Phase::Optimizer | Phase::Pass) {
+            step + 1
+        } else {
+            step
+        };
+        self.step.store(step, Ordering::Relaxed);
+        self.phase.store(next as usize, Ordering::Relaxed);
+    }
+
+    fn watch(self: &Arc<Self>, every: u64) {
+        if every == 0 {
+            return;
+        }
+        let me = self.clone();
+        std::thread::spawn(move || {
+            let mut since = Instant::now();
+            while !me.done.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                if since.elapsed() < Duration::from_secs(every) {
+                    continue;
+                }
+                since = Instant::now();
+                let (user, sys) = cpu_times();
+                eprintln!(
+                    "[watchdog] t={:.1}s in step {} {} (cpu user {user:.1} s, sys {sys:.1} s, rss {:.2} GiB)",
+                    me.start.elapsed().as_secs_f64(),
+                    me.step.load(Ordering::Relaxed),
+                    PHASES[me.phase.load(Ordering::Relaxed)],
+                    gib(current_rss_bytes()),
+                );
+            }
+        });
+    }
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
+/// (user, system) CPU seconds of this process so far.
+fn cpu_times() -> (f64, f64) {
+    // SAFETY: getrusage writes into the zeroed struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    (secs(usage.ru_utime), secs(usage.ru_stime))
+}
+
+/// Resident memory now (Linux /proc/self/statm), 0 if unknown.
+fn current_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+#[cfg(feature = "cuda")]
+fn device_memory() -> Option<(u64, u64)> {
+    coupled_grpo::backend::cuda_memory_usage()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn device_memory() -> Option<(u64, u64)> {
+    None
+}
+
+fn prepare(c: &CommonArgs, what: &str, config: &ModelConfig) -> anyhow::Result<Arc<Progress>> {
+    let cuda = c.backend != "cpu";
+    if cuda {
+        #[cfg(feature = "cuda")]
+        coupled_grpo::backend::configure_cubecl(c.kernel_cache.as_deref());
+        #[cfg(not(feature = "cuda"))]
+        bail!(
+            "backend `{}` is not compiled in (build with --features cuda)",
+            c.backend
+        );
+    } else if c.kernel_cache.is_some() {
+        bail!("--kernel-cache only applies to the cuda backends");
+    }
+    let autotune = if !cuda {
+        ""
+    } else if cfg!(feature = "cuda-autotune") {
+        " (CubeCL autotune on)"
+    } else {
+        " (CubeCL autotune off)"
     };
     println!(
-        "train-step bench: {} ({} params), batch {} x seq {}, {}, backend {}",
-        args.preset,
+        "{what} bench: {} ({} params), batch {} x seq {}, {}, backend {}{autotune}",
+        c.preset,
         config.num_parameters(),
-        args.batch,
-        args.seq,
-        args.dtype,
-        args.backend
+        c.batch,
+        c.seq,
+        c.dtype,
+        c.backend
     );
-    let stats = match args.backend.as_str() {
-        "cpu" => perf::train_step::<coupled_grpo::backend::CpuAutodiff>(
-            &config,
-            args.batch,
-            args.seq,
-            args.steps,
-            dtype,
-            &Default::default(),
-        ),
+    let progress = Progress::new(cuda);
+    progress.watch(c.watchdog);
+    Ok(progress)
+}
+
+fn train_step(args: TrainStepArgs) -> anyhow::Result<()> {
+    let c = &args.common;
+    let config = ModelConfig::preset(&c.preset)?;
+    let progress = prepare(c, "train-step", &config)?;
+    let p = progress.clone();
+    let mut observe = move |step: usize, phase: Phase, s: f64| {
+        let next = match phase {
+            Phase::Init | Phase::Optimizer => Phase::Forward,
+            Phase::Forward => Phase::Backward,
+            Phase::Backward | Phase::Pass => Phase::Optimizer,
+        };
+        p.ended(step, phase, s, next);
+    };
+    macro_rules! go {
+        ($b:ty) => {
+            perf::train_step_observed::<$b>(
+                &config,
+                c.batch,
+                c.seq,
+                c.steps,
+                dtype(&c.dtype),
+                &Default::default(),
+                &mut observe,
+            )
+        };
+    }
+    let stats = match c.backend.as_str() {
+        "cpu" => go!(coupled_grpo::backend::CpuAutodiff),
         #[cfg(feature = "cuda")]
-        "cuda" => perf::train_step::<coupled_grpo::backend::CudaAutodiff>(
-            &config,
-            args.batch,
-            args.seq,
-            args.steps,
-            dtype,
-            &Default::default(),
-        ),
+        "cuda" => go!(coupled_grpo::backend::CudaAutodiff),
+        #[cfg(feature = "cuda")]
+        "cuda-unfused" => go!(coupled_grpo::backend::CudaUnfusedAutodiff),
         other => bail!("backend `{other}` is not compiled in (build with --features cuda)"),
     };
-    print_stats(&stats);
+    progress.done.store(true, Ordering::Relaxed);
+    print_train(&stats);
+    print_memory(&progress);
     Ok(())
 }
 
-fn print_stats(s: &TrainStepStats) {
+fn rollout(args: RolloutArgs) -> anyhow::Result<()> {
+    let c = &args.common;
+    let config = ModelConfig::preset(&c.preset)?;
+    let progress = prepare(c, "rollout", &config)?;
+    let p = progress.clone();
+    let mut observe = move |step: usize, phase: Phase, s: f64| p.ended(step, phase, s, Phase::Pass);
+    macro_rules! go {
+        ($b:ty) => {
+            perf::rollout_pass::<$b>(
+                &config,
+                c.batch,
+                c.seq,
+                args.cand,
+                c.steps,
+                dtype(&c.dtype),
+                &Default::default(),
+                &mut observe,
+            )
+        };
+    }
+    let stats = match c.backend.as_str() {
+        "cpu" => go!(coupled_grpo::backend::Cpu),
+        #[cfg(feature = "cuda")]
+        "cuda" => go!(coupled_grpo::backend::Cuda),
+        #[cfg(feature = "cuda")]
+        "cuda-unfused" => go!(coupled_grpo::backend::CudaUnfused),
+        other => bail!("backend `{other}` is not compiled in (build with --features cuda)"),
+    };
+    progress.done.store(true, Ordering::Relaxed);
+    print_rollout(&stats);
+    print_memory(&progress);
+    Ok(())
+}
+
+fn print_train(s: &TrainStepStats) {
+    println!("init: {:.2} s", s.init_s);
     println!(
-        "first step (warm-up, incl. compilation): {:.2} s",
-        s.first_step_s
+        "first step (warm-up, incl. compilation): {:.2} s (fwd {:.2} + bwd {:.2} + AdamW {:.2})",
+        s.first_step_s, s.first_phases_s[0], s.first_phases_s[1], s.first_phases_s[2]
     );
     println!(
         "step: {:.1} ms (fwd {:.1} + bwd {:.1} + AdamW {:.1})",
@@ -92,8 +318,34 @@ fn print_stats(s: &TrainStepStats) {
     );
     println!("tokens/s: {:.0}", s.tokens_per_s());
     println!("TFLOP/s: {:.2}", s.flops_per_s() / 1e12);
+}
+
+fn print_rollout(s: &RolloutStats) {
     println!(
-        "peak host RSS: {:.2} GiB",
-        perf::peak_rss_bytes() as f64 / (1u64 << 30) as f64
+        "rollout pass: rows {} x seq {}, {} candidate positions per row",
+        s.rows, s.seq, s.cand
     );
+    println!("init: {:.2} s", s.init_s);
+    println!(
+        "first pass (warm-up, incl. compilation): {:.2} s",
+        s.first_pass_s
+    );
+    println!(
+        "pass: {:.2} ms, forward passes/s: {:.1}",
+        s.pass_s * 1e3,
+        s.passes_per_s()
+    );
+    println!("tokens/s: {:.0}", s.tokens_per_s());
+    println!("TFLOP/s: {:.2}", s.flops_per_s() / 1e12);
+}
+
+fn print_memory(p: &Progress) {
+    if p.cuda {
+        println!(
+            "peak GPU memory (CubeCL pool, sampled at phase ends): {:.2} GiB in use, {:.2} GiB reserved",
+            gib(p.peak_in_use.load(Ordering::Relaxed) as u64),
+            gib(p.peak_reserved.load(Ordering::Relaxed) as u64)
+        );
+    }
+    println!("peak host RSS: {:.2} GiB", gib(perf::peak_rss_bytes()));
 }

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod eval;
 mod generate;
 mod model;
 mod reward;
@@ -21,6 +22,8 @@ enum Command {
     /// Benchmarks of the project's own model (CPU or CUDA).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// pass@k on HumanEval, MBPP or the synthetic toy domain through the sandbox, with AR-ness.
+    Eval(eval::Args),
     /// Sample completions (batched masked-diffusion decoding, optional decode-order traces).
     Generate(generate::Args),
     /// Create, inspect and run HF-format model directories.
@@ -36,6 +39,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Eval(args) => eval::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Model(cmd) => model::run(cmd),
         Command::Reward(args) => reward::run(args),

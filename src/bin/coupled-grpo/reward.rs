@@ -63,7 +63,10 @@ enum Pending {
     Score(Item, usize),
 }
 
-fn make_executor(kind: ExecutorKind, workers: usize) -> anyhow::Result<Arc<dyn Executor>> {
+pub(crate) fn make_executor(
+    kind: ExecutorKind,
+    workers: usize,
+) -> anyhow::Result<Arc<dyn Executor>> {
     Ok(match kind {
         ExecutorKind::Wasm => wasm_executor()?,
         ExecutorKind::Process => Arc::new(

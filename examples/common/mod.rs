@@ -1,0 +1,64 @@
+//! Helpers shared by the examples.
+
+use std::path::{Path, PathBuf};
+
+use coupled_grpo::eval::{EvalConfig, PromptStyle};
+use coupled_grpo::grpo::TrainConfig;
+use coupled_grpo::rollout::RolloutConfig;
+
+/// Greedy held-out evaluation with the training prompt and the run's decoding length and steps.
+pub fn eval_config(config: &TrainConfig) -> EvalConfig {
+    EvalConfig {
+        rollout: RolloutConfig {
+            temperature: 0.0,
+            top_p: None,
+            top_k: None,
+            truncate_text: false,
+            chunk_rows: Some(64),
+            ..config.rollout.clone()
+        },
+        prompt_style: PromptStyle::Training,
+        system_prompt: config.data.system_prompt.clone(),
+        tasks_per_batch: 50,
+        ..EvalConfig::default()
+    }
+}
+
+/// A repository path that works from any working directory.
+pub fn embedded(rel: &str) -> PathBuf {
+    let here = PathBuf::from(rel);
+    if here.exists() {
+        here
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+    }
+}
+
+pub fn toml_str(p: &Path) -> String {
+    toml::Value::String(p.display().to_string()).to_string()
+}
+
+/// `runs/YYYYmmdd-HHMMSS` in UTC.
+pub fn default_run_dir() -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    PathBuf::from(format!(
+        "runs/{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    ))
+}

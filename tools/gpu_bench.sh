@@ -1,0 +1,49 @@
+#!/bin/bash
+# One GPU run of the project's own model next to its PyTorch twin, same shapes, with the ratios.
+#
+#   tools/gpu_bench.sh BIN [PRESET] [BATCH] [SEQ] [BACKEND]
+#
+# BIN: a release `coupled-grpo` built with `--features cuda` (or `cuda-autotune`); it loads
+# libcuda and libnvrtc at run time, so it can be built on a machine without a GPU. Defaults:
+# qwen2.5-0.5b, batch 4, seq 512, backend cuda. Every command runs under `timeout` (TIMEOUT,
+# default 300 s) and prints progress to stderr as it goes, so a cut-off run still shows where it
+# was. KERNEL_CACHE (default /tmp/coupled-grpo-kernels) keeps compiled kernels between runs.
+set -u
+BIN=${1:?usage: tools/gpu_bench.sh BIN [PRESET] [BATCH] [SEQ] [BACKEND]}
+PRESET=${2:-qwen2.5-0.5b}
+BATCH=${3:-4}
+SEQ=${4:-512}
+BACKEND=${5:-cuda}
+T=${TIMEOUT:-300}
+CACHE=${KERNEL_CACHE:-/tmp/coupled-grpo-kernels}
+HERE=$(cd "$(dirname "$0")" && pwd)
+LOG=$(mktemp -d)
+export PYTHONUNBUFFERED=1
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+step() { # LABEL FILE CMD...: run, keep stdout in FILE, show everything
+  local label=$1 file=$2
+  shift 2
+  echo "=== $label: $*"
+  timeout -k 5 "$T" "$@" 2>&1 | tee "$LOG/$file"
+}
+ms() { grep -oE "^$2: [0-9.]+ ms" "$LOG/$1" | grep -oE "[0-9.]+" | head -1; }
+
+COMMON=(--preset "$PRESET" --batch "$BATCH" --seq "$SEQ" --dtype bf16)
+step "torch train-step" torch_train python3 "$HERE/torch_bench.py" "${COMMON[@]}" --steps 10 --device cuda
+step "torch rollout" torch_roll python3 "$HERE/torch_bench.py" --mode rollout "${COMMON[@]}" --steps 10 --device cuda
+step "burn train-step" burn_train "$BIN" bench train-step "${COMMON[@]}" --steps 10 --backend "$BACKEND" \
+  --watchdog 15 --kernel-cache "$CACHE"
+step "burn rollout" burn_roll "$BIN" bench rollout "${COMMON[@]}" --steps 10 --backend "$BACKEND" \
+  --watchdog 15 --kernel-cache "$CACHE"
+
+ratio() { # LABEL TORCH_MS BURN_MS
+  if [ -n "$2" ] && [ -n "$3" ]; then
+    python3 -c "print(f'$1: torch {float($2):.1f} ms, burn {float($3):.1f} ms, burn/torch = {float($3)/float($2):.2f}x')"
+  else
+    echo "$1: missing figure (torch '${2}', burn '${3}')"
+  fi
+}
+echo "=== ratios ($PRESET, batch $BATCH x seq $SEQ, bf16, backend $BACKEND)"
+ratio "train step" "$(ms torch_train step)" "$(ms burn_train step)"
+ratio "rollout pass" "$(ms torch_roll pass)" "$(ms burn_roll pass)"
