@@ -5,7 +5,7 @@ use burn::tensor::{activation::softmax, backend::Backend, DType, Tensor};
 
 use super::config::ModelConfig;
 use super::linear::Linear;
-use super::rope::apply_rope;
+use super::rope::{apply_rope, Rope};
 use super::weights::{TensorSink, WeightSource};
 use crate::Result;
 
@@ -62,15 +62,14 @@ impl<B: Backend> Attention<B> {
 
     /// # Shapes
     /// - x: `[batch, seq, hidden]`
-    /// - cos, sin: `[batch, 1, seq, head_dim]`
+    /// - rope: tables for `[batch, seq]` ([`super::rope::rope_tables`])
     /// - bias: `[batch, 1, seq, seq]` additive f32 mask (0 = attend, large negative = blocked), or
     ///   `None` for full attention
     /// - returns `[batch, seq, hidden]`
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
-        cos: Tensor<B, 4>,
-        sin: Tensor<B, 4>,
+        rope: &Rope<B>,
         bias: Option<Tensor<B, 4>>,
     ) -> Tensor<B, 3> {
         let [b, s, _] = x.dims();
@@ -78,17 +77,18 @@ impl<B: Backend> Attention<B> {
         let rep = h / kv;
         let dtype = x.dtype();
 
-        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
-        let q = heads(self.q_proj.forward(x.clone()), h);
-        let k = heads(self.k_proj.forward(x.clone()), kv);
-        let v = heads(self.v_proj.forward(x), kv);
-
+        // RoPE on the projections' own [b, s, heads, hd] layout (contiguous), then to
+        // head-major for the attention products.
         let scale = (hd as f64).powf(-0.5);
-        let q = apply_rope(q, cos.clone(), sin.clone()) * scale;
-        let k = apply_rope(k, cos, sin);
+        let q = apply_rope(self.q_proj.forward(x.clone()).reshape([b, s, h, hd]), rope) * scale;
+        let k = apply_rope(self.k_proj.forward(x.clone()).reshape([b, s, kv, hd]), rope);
+        let v = self
+            .v_proj
+            .forward(x)
+            .reshape([b, s, kv, hd])
+            .swap_dims(1, 2);
+        let (q, k) = (q.swap_dims(1, 2), k.swap_dims(1, 2));
 
-        // GQA without copying K/V: query head i uses kv head i / rep (HF `repeat_kv`), so the rep
-        // query heads of one group are stacked along the sequence axis and share one K/V.
         let q = q.reshape([b, kv, rep * s, hd]);
         let scores = q.matmul(k.swap_dims(2, 3)).cast(DType::F32); // [b, kv, rep*s, s]
         let scores = match bias {

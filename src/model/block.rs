@@ -7,6 +7,7 @@ use super::attention::Attention;
 use super::config::ModelConfig;
 use super::mlp::Mlp;
 use super::norm::RmsNorm;
+use super::rope::Rope;
 use super::weights::{TensorSink, WeightSource};
 use crate::Result;
 
@@ -48,14 +49,13 @@ impl<B: Backend> Block<B> {
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
-        cos: Tensor<B, 4>,
-        sin: Tensor<B, 4>,
+        rope: &Rope<B>,
         bias: Option<Tensor<B, 4>>,
     ) -> Tensor<B, 3> {
         let x = x.clone()
             + self
                 .self_attn
-                .forward(self.input_layernorm.forward(x), cos, sin, bias);
+                .forward(self.input_layernorm.forward(x), rope, bias);
         x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
     }
 

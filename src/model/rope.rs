@@ -3,17 +3,30 @@
 
 use burn::tensor::{backend::Backend, DType, Int, Tensor};
 
-/// Cos/sin tables for a batch of position ids.
+/// Cos/sin tables for a batch of position ids, and the `rotate_half` permutation.
+#[derive(Debug, Clone)]
+pub struct Rope<B: Backend> {
+    /// `[batch, seq, 1, head_dim]`
+    pub cos: Tensor<B, 4>,
+    /// `[batch, seq, 1, head_dim]`
+    pub sin: Tensor<B, 4>,
+    /// `[head_dim, head_dim]`: `x · R = rotate_half(x)`. A matmul on contiguous rows is much
+    /// cheaper than the slice + negate + concatenate of the textbook form, whose strided
+    /// copies dominated the attention prologue on CPU; every product is by ±1 or 0, so the
+    /// result is exact in any dtype.
+    pub rotate_half: Tensor<B, 2>,
+}
+
+/// Tables for `positions`.
 ///
 /// # Shapes
 /// - positions: `[batch, seq]` (Int)
-/// - returns `(cos, sin)`, each `[batch, 1, seq, head_dim]` in `dtype`
 pub fn rope_tables<B: Backend>(
     positions: Tensor<B, 2, Int>,
     head_dim: usize,
     theta: f64,
     dtype: DType,
-) -> (Tensor<B, 4>, Tensor<B, 4>) {
+) -> Rope<B> {
     let device = positions.device();
     let half = head_dim / 2;
     // inv_freq[i] = theta^(-2i/d), computed in f64 on the host like HF (then f32).
@@ -24,24 +37,34 @@ pub fn rope_tables<B: Backend>(
     let pos = positions.float().unsqueeze_dim::<3>(2); // [b, s, 1]
     let freqs = pos * inv_freq; // [b, s, half]
     let emb = Tensor::cat(vec![freqs.clone(), freqs], 2); // [b, s, d]
-    let cos = emb.clone().cos().unsqueeze_dim::<4>(1).cast(dtype);
-    let sin = emb.sin().unsqueeze_dim::<4>(1).cast(dtype);
-    (cos, sin)
+    let cos = emb.clone().cos().unsqueeze_dim::<4>(2).cast(dtype);
+    let sin = emb.sin().unsqueeze_dim::<4>(2).cast(dtype);
+    // rotate_half([x1, x2]) = [-x2, x1]: output j < half takes −x[j + half], j ≥ half takes x[j − half].
+    let mut r = vec![0.0f32; head_dim * head_dim];
+    for j in 0..half {
+        r[(j + half) * head_dim + j] = -1.0;
+        r[j * head_dim + j + half] = 1.0;
+    }
+    let rotate_half = Tensor::<B, 1>::from_floats(r.as_slice(), &device)
+        .reshape([head_dim, head_dim])
+        .cast(dtype);
+    Rope {
+        cos,
+        sin,
+        rotate_half,
+    }
 }
 
 /// `x * cos + rotate_half(x) * sin`, with `rotate_half([x1, x2]) = [-x2, x1]`.
 ///
 /// # Shapes
-/// - x: `[batch, heads, seq, head_dim]`; cos, sin: `[batch, 1, seq, head_dim]`
-pub fn apply_rope<B: Backend>(
-    x: Tensor<B, 4>,
-    cos: Tensor<B, 4>,
-    sin: Tensor<B, 4>,
-) -> Tensor<B, 4> {
-    let [b, h, s, d] = x.dims();
-    let half = d / 2;
-    let x1 = x.clone().slice([0..b, 0..h, 0..s, 0..half]);
-    let x2 = x.clone().slice([0..b, 0..h, 0..s, half..d]);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    x * cos + rotated * sin
+/// - x: `[batch, seq, heads, head_dim]` (contiguous, as the projections produce it)
+pub fn apply_rope<B: Backend>(x: Tensor<B, 4>, rope: &Rope<B>) -> Tensor<B, 4> {
+    let [b, s, h, d] = x.dims();
+    let rotated = x
+        .clone()
+        .reshape([b * s * h, d])
+        .matmul(rope.rotate_half.clone())
+        .reshape([b, s, h, d]);
+    x * rope.cos.clone() + rotated * rope.sin.clone()
 }

@@ -126,10 +126,10 @@ impl<B: Backend> DiffusionLm<B> {
             ),
         };
         let c = &self.config;
-        let (cos, sin) = rope_tables(positions, c.head_dim(), c.rope_theta, self.dtype());
+        let rope = rope_tables(positions, c.head_dim(), c.rope_theta, self.dtype());
         let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), input_ids);
         for layer in &self.layers {
-            x = layer.forward(x, cos.clone(), sin.clone(), bias.clone());
+            x = layer.forward(x, &rope, bias.clone());
         }
         self.norm.forward(x)
     }
