@@ -63,7 +63,7 @@ impl<B: Backend> Attention<B> {
     /// # Shapes
     /// - x: `[batch, seq, hidden]`
     /// - rope: tables for `[batch, seq]` ([`super::rope::rope_tables`])
-    /// - bias: `[batch, 1, seq, seq]` additive f32 mask (0 = attend, large negative = blocked), or
+    /// - bias: `[batch, kv_heads, rep · seq, seq]` additive f32 mask ([`expand_bias`]) (0 = attend, large negative = blocked), or
     ///   `None` for full attention
     /// - returns `[batch, seq, hidden]`
     pub fn forward(
@@ -80,8 +80,11 @@ impl<B: Backend> Attention<B> {
         // RoPE on the projections' own [b, s, heads, hd] layout (contiguous), then to
         // head-major for the attention products.
         let scale = (hd as f64).powf(-0.5);
-        let q = apply_rope(self.q_proj.forward(x.clone()).reshape([b, s, h, hd]), rope) * scale;
-        let k = apply_rope(self.k_proj.forward(x.clone()).reshape([b, s, kv, hd]), rope);
+        let r = || rope.rotate_half.clone();
+        let q = self.q_proj.forward(x.clone()).reshape([b, s, h, hd]);
+        let q = apply_rope(q, rope.cos_q.clone(), rope.sin_q.clone(), r()) * scale;
+        let k = self.k_proj.forward(x.clone()).reshape([b, s, kv, hd]);
+        let k = apply_rope(k, rope.cos_k.clone(), rope.sin_k.clone(), r());
         let v = self
             .v_proj
             .forward(x)
@@ -92,8 +95,7 @@ impl<B: Backend> Attention<B> {
         let q = q.reshape([b, kv, rep * s, hd]);
         let scores = q.matmul(k.swap_dims(2, 3)).cast(DType::F32); // [b, kv, rep*s, s]
         let scores = match bias {
-            Some(bias) => (scores.reshape([b, kv, rep, s, s]) + bias.unsqueeze_dim::<5>(2))
-                .reshape([b, kv, rep * s, s]),
+            Some(bias) => scores + bias,
             None => scores,
         };
         let probs = softmax(scores, 3).cast(dtype);
@@ -111,4 +113,11 @@ impl<B: Backend> Attention<B> {
         self.v_proj.save(sink, &format!("{prefix}.v_proj"));
         self.o_proj.save(sink, &format!("{prefix}.o_proj"));
     }
+}
+
+/// The padding bias `[batch, 1, seq, seq]` laid out like the grouped scores,
+/// `[batch, kv_heads, rep · seq, seq]`, contiguous: built once per forward so that every layer
+/// adds it on the CPU backend's SIMD path instead of a strided broadcast loop.
+pub fn expand_bias<B: Backend>(bias: Tensor<B, 4>, kv_heads: usize, rep: usize) -> Tensor<B, 4> {
+    bias.repeat_dim(2, rep).repeat_dim(1, kv_heads)
 }

@@ -4,12 +4,19 @@
 use burn::tensor::{backend::Backend, DType, Int, Tensor};
 
 /// Cos/sin tables for a batch of position ids, and the `rotate_half` permutation.
+///
+/// The tables are materialised per head count (`[batch, seq, heads, head_dim]`, contiguous),
+/// once per forward: multiplying by a broadcast `[batch, seq, 1, head_dim]` view falls off the
+/// CPU backend's SIMD paths into an element-by-element strided loop, which cost more than the
+/// projections themselves.
 #[derive(Debug, Clone)]
 pub struct Rope<B: Backend> {
-    /// `[batch, seq, 1, head_dim]`
-    pub cos: Tensor<B, 4>,
-    /// `[batch, seq, 1, head_dim]`
-    pub sin: Tensor<B, 4>,
+    /// `[batch, seq, num_attention_heads, head_dim]`
+    pub cos_q: Tensor<B, 4>,
+    pub sin_q: Tensor<B, 4>,
+    /// `[batch, seq, num_key_value_heads, head_dim]`
+    pub cos_k: Tensor<B, 4>,
+    pub sin_k: Tensor<B, 4>,
     /// `[head_dim, head_dim]`: `x · R = rotate_half(x)`. A matmul on contiguous rows is much
     /// cheaper than the slice + negate + concatenate of the textbook form, whose strided
     /// copies dominated the attention prologue on CPU; every product is by ±1 or 0, so the
@@ -17,13 +24,14 @@ pub struct Rope<B: Backend> {
     pub rotate_half: Tensor<B, 2>,
 }
 
-/// Tables for `positions`.
+/// Tables for `positions`, for `heads` query and `kv_heads` key heads.
 ///
 /// # Shapes
 /// - positions: `[batch, seq]` (Int)
 pub fn rope_tables<B: Backend>(
     positions: Tensor<B, 2, Int>,
     head_dim: usize,
+    (heads, kv_heads): (usize, usize),
     theta: f64,
     dtype: DType,
 ) -> Rope<B> {
@@ -37,7 +45,7 @@ pub fn rope_tables<B: Backend>(
     let pos = positions.float().unsqueeze_dim::<3>(2); // [b, s, 1]
     let freqs = pos * inv_freq; // [b, s, half]
     let emb = Tensor::cat(vec![freqs.clone(), freqs], 2); // [b, s, d]
-    let cos = emb.clone().cos().unsqueeze_dim::<4>(2).cast(dtype);
+    let cos = emb.clone().cos().unsqueeze_dim::<4>(2).cast(dtype); // [b, s, 1, d]
     let sin = emb.sin().unsqueeze_dim::<4>(2).cast(dtype);
     // rotate_half([x1, x2]) = [-x2, x1]: output j < half takes −x[j + half], j ≥ half takes x[j − half].
     let mut r = vec![0.0f32; head_dim * head_dim];
@@ -49,8 +57,10 @@ pub fn rope_tables<B: Backend>(
         .reshape([head_dim, head_dim])
         .cast(dtype);
     Rope {
-        cos,
-        sin,
+        cos_q: cos.clone().repeat_dim(2, heads),
+        sin_q: sin.clone().repeat_dim(2, heads),
+        cos_k: cos.repeat_dim(2, kv_heads),
+        sin_k: sin.repeat_dim(2, kv_heads),
         rotate_half,
     }
 }
@@ -59,12 +69,18 @@ pub fn rope_tables<B: Backend>(
 ///
 /// # Shapes
 /// - x: `[batch, seq, heads, head_dim]` (contiguous, as the projections produce it)
-pub fn apply_rope<B: Backend>(x: Tensor<B, 4>, rope: &Rope<B>) -> Tensor<B, 4> {
+/// - cos, sin: the same shape ([`Rope::cos_q`] / [`Rope::cos_k`] …)
+pub fn apply_rope<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+    rotate_half: Tensor<B, 2>,
+) -> Tensor<B, 4> {
     let [b, s, h, d] = x.dims();
     let rotated = x
         .clone()
         .reshape([b * s * h, d])
-        .matmul(rope.rotate_half.clone())
+        .matmul(rotate_half)
         .reshape([b, s, h, d]);
-    x * rope.cos.clone() + rotated * rope.sin.clone()
+    x * cos + rotated * sin
 }

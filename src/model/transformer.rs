@@ -4,6 +4,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, DType, Int, Tensor};
 
+use super::attention::expand_bias;
 use super::block::Block;
 use super::config::ModelConfig;
 use super::linear::Linear;
@@ -126,7 +127,15 @@ impl<B: Backend> DiffusionLm<B> {
             ),
         };
         let c = &self.config;
-        let rope = rope_tables(positions, c.head_dim(), c.rope_theta, self.dtype());
+        let (heads, kv) = (c.num_attention_heads, c.kv_heads());
+        let rope = rope_tables(
+            positions,
+            c.head_dim(),
+            (heads, kv),
+            c.rope_theta,
+            self.dtype(),
+        );
+        let bias = bias.map(|bias| expand_bias(bias, kv, heads / kv));
         let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), input_ids);
         for layer in &self.layers {
             x = layer.forward(x, &rope, bias.clone());
