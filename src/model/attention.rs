@@ -63,8 +63,8 @@ impl<B: Backend> Attention<B> {
     /// # Shapes
     /// - x: `[batch, seq, hidden]`
     /// - rope: tables for `[batch, seq]` ([`super::rope::rope_tables`])
-    /// - bias: `[batch, kv_heads, rep · seq, seq]` additive f32 mask ([`expand_bias`]) (0 = attend, large negative = blocked), or
-    ///   `None` for full attention
+    /// - bias: `[batch, kv_heads, rep · seq, seq]` additive f32 mask from [`expand_bias`]
+    ///   (0 = attend, large negative = blocked), or `None` for full attention
     /// - returns `[batch, seq, hidden]`
     pub fn forward(
         &self,
@@ -92,6 +92,8 @@ impl<B: Backend> Attention<B> {
             .swap_dims(1, 2);
         let (q, k) = (q.swap_dims(1, 2), k.swap_dims(1, 2));
 
+        // GQA without copying K/V: query head i uses kv head i / rep (HF `repeat_kv`), so the rep
+        // query heads of one group are stacked along the sequence axis and share one K/V.
         let q = q.reshape([b, kv, rep * s, hd]);
         let scores = q.matmul(k.swap_dims(2, 3)).cast(DType::F32); // [b, kv, rep*s, s]
         let scores = match bias {
