@@ -29,6 +29,10 @@ pub struct Args {
     /// `cpu`, or `cuda` in builds with the `cuda` feature.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// CUDA only: keep compiled kernels and autotune results in this directory, so a restarted
+    /// or resumed run skips their JIT compilation (default: `<out>/kernel-cache`).
+    #[arg(long)]
+    kernel_cache: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -45,6 +49,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ),
         other => other.clone(),
     };
+    if args.device != "cuda" && args.kernel_cache.is_some() {
+        bail!("--kernel-cache only applies to --device cuda");
+    }
     match args.device.as_str() {
         "cpu" => train::<coupled_grpo::backend::CpuAutodiff>(
             config,
@@ -53,12 +60,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Default::default(),
         ),
         #[cfg(feature = "cuda")]
-        "cuda" => train::<coupled_grpo::backend::CudaAutodiff>(
-            config,
-            args.out,
-            resume,
-            Default::default(),
-        ),
+        "cuda" => {
+            // Before the first CUDA tensor: CubeCL reads its configuration once.
+            let cache =
+                (args.kernel_cache.clone()).unwrap_or_else(|| args.out.join("kernel-cache"));
+            coupled_grpo::backend::configure_cubecl(Some(&cache));
+            train::<coupled_grpo::backend::CudaAutodiff>(
+                config,
+                args.out,
+                resume,
+                Default::default(),
+            )
+        }
         other => bail!(
             "unknown device `{other}` (cpu{})",
             if cfg!(feature = "cuda") { ", cuda" } else { "" }
