@@ -231,6 +231,15 @@ fn eval_command_reports_pass_at_k_and_rejects_bad_flags() {
     };
     let err = fail(&["eval", "--model", model, "--bench", "mbpp", "--n", "4"]);
     assert!(err.contains("temperature"), "{err}");
+    let err = fail(&[
+        "eval",
+        "--model",
+        model,
+        "--bench",
+        "mbpp",
+        "--timeout-s=-1",
+    ]);
+    assert!(err.contains("--timeout-s"), "{err}");
     let err = fail(&["eval", "--model", "/nonexistent", "--bench", "mbpp"]);
     assert!(err.contains("/nonexistent"), "{err}");
 }

@@ -15,9 +15,8 @@ use coupled_grpo::data::{self, OnError, Task};
 use coupled_grpo::eval::{EvalConfig, Evaluator, PromptStyle};
 use coupled_grpo::model::{load_pretrained, load_tokenizer};
 use coupled_grpo::rollout::{Alg, RolloutConfig};
-use coupled_grpo::sandbox::{Limits, Pool};
 
-use crate::reward::{make_executor, ExecutorKind};
+use crate::reward::SandboxArgs;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Bench {
@@ -65,13 +64,8 @@ pub struct Args {
     /// Tasks decoded together.
     #[arg(long, default_value_t = 8)]
     batch_tasks: usize,
-    #[arg(long, value_enum, default_value_t = ExecutorKind::Wasm)]
-    executor: ExecutorKind,
-    /// Sandbox workers; 0 = one per available core.
-    #[arg(long, default_value_t = 0)]
-    workers: usize,
-    #[arg(long = "timeout-s", default_value_t = 5.0)]
-    timeout_s: f64,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
     /// Write the full report (per task, samples) as JSON here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -119,19 +113,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         tasks_per_batch: args.batch_tasks,
         ..EvalConfig::default()
     };
-    let workers = if args.workers == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        args.workers
-    };
-    let limits = Limits {
-        test_timeout: std::time::Duration::from_secs_f64(args.timeout_s),
-        ..Limits::default()
-    };
-    let evaluator = Evaluator::new(
-        Pool::new(make_executor(args.executor, workers)?, workers),
-        limits,
-    );
+    let (pool, limits) = args.sandbox.pool_and_limits()?;
+    let evaluator = Evaluator::new(pool, limits);
     eprintln!(
         "evaluating {} on {} {:?} tasks: n {}, K {}, {} steps, temperature {}",
         args.model.display(),

@@ -39,6 +39,13 @@ pub struct Args {
     /// Output JSONL, one line per input line.
     #[arg(long)]
     output: PathBuf,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+}
+
+/// The sandbox flags shared by the verbs that run tests (`reward`, `eval`).
+#[derive(clap::Args)]
+pub struct SandboxArgs {
     /// Sandbox that runs the parse checks and the tests.
     #[arg(long, value_enum, default_value_t = ExecutorKind::Wasm)]
     executor: ExecutorKind,
@@ -48,6 +55,24 @@ pub struct Args {
     /// Per-test timeout in seconds (a timeout fails that test only).
     #[arg(long = "timeout-s", default_value_t = 5.0)]
     timeout_s: f64,
+}
+
+impl SandboxArgs {
+    /// The worker pool and per-test limits these flags name (the timeout checked first).
+    pub fn pool_and_limits(&self) -> anyhow::Result<(Pool, Limits)> {
+        if !(self.timeout_s.is_finite() && self.timeout_s > 0.0) {
+            bail!(
+                "--timeout-s must be a positive number of seconds, got {}",
+                self.timeout_s
+            );
+        }
+        let executor = make_executor(self.executor, self.workers)?;
+        let limits = Limits {
+            test_timeout: Duration::from_secs_f64(self.timeout_s),
+            ..Limits::default()
+        };
+        Ok((Pool::new(executor, self.workers), limits))
+    }
 }
 
 /// One input line, parsed.
@@ -238,19 +263,8 @@ fn score_file(
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if !(args.timeout_s.is_finite() && args.timeout_s > 0.0) {
-        bail!(
-            "--timeout-s must be a positive number of seconds, got {}",
-            args.timeout_s
-        );
-    }
     let started = Instant::now();
-    let executor = make_executor(args.executor, args.workers)?;
-    let pool = Pool::new(executor, args.workers);
-    let limits = Limits {
-        test_timeout: Duration::from_secs_f64(args.timeout_s),
-        ..Limits::default()
-    };
+    let (pool, limits) = args.sandbox.pool_and_limits()?;
     let reward = CodeReward::new(pool.clone(), limits);
     let weights = RewardWeights::default();
 
