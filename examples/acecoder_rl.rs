@@ -23,18 +23,17 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Parser;
 
-use coupled_grpo::data::synthetic::{Generator, Split};
 use coupled_grpo::eval::Evaluator;
-use coupled_grpo::grpo::trainer::{build_executor, load_tasks, sandbox_limits};
+use coupled_grpo::grpo::trainer::{build_executor, sandbox_limits};
 use coupled_grpo::grpo::{run_with_eval, RunOptions, TrainConfig, Trainer};
 use coupled_grpo::sandbox::Pool;
 
 mod common;
-use common::{default_run_dir, embedded, eval_config, toml_str};
+use common::{default_run_dir, embedded, eval_config, split_tasks, toml_str};
 
 const DEFAULT_CONFIG: &str = include_str!("configs/acecoder_rl.toml");
 
@@ -101,7 +100,7 @@ fn main() -> Result<()> {
 
 fn run<B: AutodiffBackend>(args: &Args, device: B::Device) -> Result<()> {
     let config = resolve_config(args)?;
-    let (train_tasks, eval_tasks) = split_tasks(&config, args)?;
+    let (train_tasks, eval_tasks) = split_tasks(&config, args.eval_tasks)?;
     let out = args.out.clone().unwrap_or_else(default_run_dir);
     println!(
         "model {} | {} training tasks, {} held-out | estimator {} | seed {} | {} rounds of {}×{} rollouts | sandbox {} | out {}",
@@ -199,29 +198,4 @@ fn resolve_config(args: &Args) -> Result<TrainConfig> {
         )?,
     };
     Ok(config)
-}
-
-/// Training tasks and held-out tasks: the synthetic held-out split (disjoint problems), or the
-/// last `--eval-tasks` rows of a data file.
-fn split_tasks(
-    config: &TrainConfig,
-    args: &Args,
-) -> Result<(Vec<coupled_grpo::data::Task>, Vec<coupled_grpo::data::Task>)> {
-    let mut tasks = load_tasks(config)?;
-    if config.data.format == "synthetic" {
-        let held_out = Generator::new(Split::HeldOut, config.data.seed)
-            .distinct(args.eval_tasks)
-            .context("drawing held-out synthetic tasks")?;
-        return Ok((tasks, held_out));
-    }
-    if tasks.len() <= args.eval_tasks {
-        bail!(
-            "{}: {} tasks, but --eval-tasks {} must leave some for training",
-            config.data.path.display(),
-            tasks.len(),
-            args.eval_tasks
-        );
-    }
-    let held_out = tasks.split_off(tasks.len() - args.eval_tasks);
-    Ok((tasks, held_out))
 }

@@ -20,25 +20,23 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
 use clap::Parser;
 use serde::Serialize;
 
 use coupled_grpo::backend::{Cpu, CpuAutodiff};
-use coupled_grpo::data::synthetic::{Generator, Split};
 use coupled_grpo::estimator::{EstimatorKind, LikelihoodEstimator, MaskSeed, ScoreBatch};
 use coupled_grpo::eval::Evaluator;
 use coupled_grpo::grpo::trainer::{build_executor, load_tasks, sandbox_limits};
 use coupled_grpo::grpo::{run_with_eval, RunOptions, RunSummary, TrainConfig, Trainer};
 use coupled_grpo::metrics::plot::{write_svg, Chart, Series};
-use coupled_grpo::model::{load_pretrained, load_tokenizer, DiffusionLm};
+use coupled_grpo::model::{load_pretrained, load_tokenizer};
 use coupled_grpo::rollout::generate;
 use coupled_grpo::sandbox::Pool;
 use coupled_grpo::util::write_atomic;
 
 mod common;
-use common::{default_run_dir, embedded, eval_config, toml_str};
+use common::{default_run_dir, embedded, eval_config, split_tasks, toml_str};
 
 const DEFAULT_CONFIG: &str = include_str!("configs/acecoder_rl.toml");
 
@@ -202,8 +200,7 @@ fn config_for(
 }
 
 fn run_one(args: &Args, config: TrainConfig, dir: &std::path::Path) -> Result<RunSummary> {
-    let train = load_tasks(&config)?;
-    let held_out = Generator::new(Split::HeldOut, config.data.seed).distinct(args.eval_tasks)?;
+    let (train, held_out) = split_tasks(&config, args.eval_tasks)?;
     let evaluator = Evaluator::new(
         Pool::new(build_executor(&config)?, config.sandbox.workers),
         sandbox_limits(&config),
@@ -225,21 +222,16 @@ fn run_one(args: &Args, config: TrainConfig, dir: &std::path::Path) -> Result<Ru
 /// completion tokens up to and including `<|im_end|>`.
 fn score_variance(config: &TrainConfig, seeds: u64) -> Result<f64> {
     let device = Default::default();
-    let model: DiffusionLm<Cpu> =
-        load_pretrained::<CpuAutodiff>(&config.model.path, &device)?.valid();
+    let model = load_pretrained::<Cpu>(&config.model.path, &device)?;
     let tokenizer = load_tokenizer(&config.model.path, model.config())?;
     let tasks = load_tasks(config)?;
-    let prompts: Vec<String> = tasks
+    // The trainer's prompt: the evaluation's training style builds it the same way.
+    let style = eval_config(config);
+    let prompts = tasks
         .iter()
         .take(config.grpo.prompts_per_step)
-        .map(|t| {
-            coupled_grpo::model::chat_prompt(
-                &config.data.system_prompt,
-                &coupled_grpo::data::prompt::user_message(t),
-                None,
-            )
-        })
-        .collect();
+        .map(|t| Evaluator::prompt(t, &style))
+        .collect::<coupled_grpo::Result<Vec<_>>>()?;
     let batch = generate(&model, &tokenizer, &prompts, &config.rollout)?;
     let score_batch = ScoreBatch::new(
         batch.prompt_ids.clone(),
@@ -249,11 +241,8 @@ fn score_variance(config: &TrainConfig, seeds: u64) -> Result<f64> {
     let estimator = config.estimator.build()?;
     let draws = (0..seeds.max(2))
         .map(|s| {
-            to_vec(
-                estimator
-                    .score(&model, &score_batch, MaskSeed::new(s, 0, 0))?
-                    .per_token,
-            )
+            let scores = estimator.score(&model, &score_batch, MaskSeed::new(s, 0, 0))?;
+            Ok(host(scores.per_token))
         })
         .collect::<coupled_grpo::Result<Vec<Vec<f32>>>>()?;
     let k = score_batch.completion_len();
@@ -271,11 +260,11 @@ fn score_variance(config: &TrainConfig, seeds: u64) -> Result<f64> {
     Ok(sum / count.max(1) as f64)
 }
 
-fn to_vec<B: Backend>(t: burn::tensor::Tensor<B, 2>) -> coupled_grpo::Result<Vec<f32>> {
-    Ok(t.into_data()
+fn host<B: Backend>(t: burn::tensor::Tensor<B, 2>) -> Vec<f32> {
+    t.into_data()
         .convert::<f32>()
         .to_vec::<f32>()
-        .expect("f32 scores"))
+        .expect("f32 scores")
 }
 
 fn mean(xs: impl Iterator<Item = f64>) -> f64 {

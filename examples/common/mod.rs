@@ -2,7 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::{bail, Context, Result};
+use coupled_grpo::data::synthetic::{Generator, Split};
+use coupled_grpo::data::Task;
 use coupled_grpo::eval::{EvalConfig, PromptStyle};
+use coupled_grpo::grpo::trainer::load_tasks;
 use coupled_grpo::grpo::TrainConfig;
 use coupled_grpo::rollout::RolloutConfig;
 
@@ -22,6 +26,28 @@ pub fn eval_config(config: &TrainConfig) -> EvalConfig {
         tasks_per_batch: 50,
         ..EvalConfig::default()
     }
+}
+
+/// Training tasks and held-out tasks: the synthetic held-out split (disjoint problems), or the
+/// last `--eval-tasks` rows of a data file.
+pub fn split_tasks(config: &TrainConfig, eval_tasks: usize) -> Result<(Vec<Task>, Vec<Task>)> {
+    let mut tasks = load_tasks(config)?;
+    if config.data.format == "synthetic" {
+        let held_out = Generator::new(Split::HeldOut, config.data.seed)
+            .distinct(eval_tasks)
+            .context("drawing held-out synthetic tasks")?;
+        return Ok((tasks, held_out));
+    }
+    if tasks.len() <= eval_tasks {
+        bail!(
+            "{}: {} tasks, but --eval-tasks {} must leave some for training",
+            config.data.path.display(),
+            tasks.len(),
+            eval_tasks
+        );
+    }
+    let held_out = tasks.split_off(tasks.len() - eval_tasks);
+    Ok((tasks, held_out))
 }
 
 /// A repository path that works from any working directory.

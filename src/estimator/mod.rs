@@ -69,16 +69,15 @@ impl std::str::FromStr for EstimatorKind {
     type Err = crate::Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "coupled" => Ok(Self::Coupled),
-            "decoupled" => Ok(Self::Decoupled),
-            "d1" => Ok(Self::D1),
-            "full_mask" => Ok(Self::FullMask),
-            other => Err(crate::Error::config(
-                "estimator.kind",
-                format!("unknown estimator `{other}` (coupled, decoupled, d1, full_mask)"),
-            )),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                crate::Error::config(
+                    "estimator.kind",
+                    format!("unknown estimator `{s}` (coupled, decoupled, d1, full_mask)"),
+                )
+            })
     }
 }
 
