@@ -67,7 +67,7 @@ struct Args {
     /// Held-out tasks evaluated before, during and after training.
     #[arg(long, default_value_t = 100)]
     eval_tasks: usize,
-    /// Evaluate every N rounds (0 = before and after only; default: a fifth of the run).
+    /// Evaluate every N rounds (0 = before and after only; default: a quarter of the run).
     #[arg(long)]
     eval_every: Option<u64>,
     /// Run directory (default: runs/<UTC timestamp>).
@@ -123,7 +123,7 @@ fn run<B: AutodiffBackend>(args: &Args, device: B::Device) -> Result<()> {
     let max_steps = config.grpo.max_steps;
     let options = RunOptions {
         max_steps,
-        eval_every: args.eval_every.unwrap_or((max_steps / 5).max(1)),
+        eval_every: args.eval_every.unwrap_or((max_steps / 4).max(1)),
         eval_tasks,
         eval,
         progress: !args.quiet,

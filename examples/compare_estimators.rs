@@ -14,7 +14,11 @@
 //! `table.md` / `results.json` with, per estimator: held-out pass@1 before and after (mean
 //! over seeds), the per-token score variance (the same rollouts scored under 8 mask seeds with
 //! the initial model, variance across seeds averaged over completion tokens), forward passes
-//! per round, and wall time.
+//! per round, and training time.
+//!
+//! A run directory whose `summary.json` exists and whose `config.resolved.toml` matches is
+//! reused (`--fresh` reruns it), so an interrupted comparison resumes, and
+//! `acecoder_rl --seed S --out OUT/coupled-seedS` can stand in for the coupled arm.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -49,9 +53,9 @@ struct Args {
     /// Estimators to compare (comma-separated).
     #[arg(long, value_delimiter = ',', default_values_t = ["coupled".to_string(), "decoupled".into(), "d1".into(), "full_mask".into()])]
     estimators: Vec<String>,
-    /// Rollout rounds per run.
-    #[arg(long, default_value_t = 30)]
-    max_steps: u64,
+    /// Rollout rounds per run (default: the embedded config's, as `acecoder_rl` runs).
+    #[arg(long)]
+    max_steps: Option<u64>,
     /// Held-out tasks evaluated before and after each run.
     #[arg(long, default_value_t = 100)]
     eval_tasks: usize,
@@ -67,6 +71,11 @@ struct Args {
     /// Override any config value: `--set grpo.beta=0.02`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// Rerun runs that already finished in `--out` (by default a run directory whose
+    /// summary.json exists and whose config.resolved.toml matches is reused, so an interrupted
+    /// comparison resumes where it stopped).
+    #[arg(long)]
+    fresh: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -80,7 +89,9 @@ struct Row {
     score_variance: f64,
     forward_passes_per_sequence: usize,
     estimator_forward_passes_per_step: f64,
-    wall_seconds_per_run: f64,
+    /// Training time per run, without the held-out evaluations (runs reused from
+    /// `acecoder_rl` evaluate more often).
+    train_seconds_per_run: f64,
 }
 
 fn main() -> Result<()> {
@@ -103,6 +114,9 @@ fn main() -> Result<()> {
             model_dir.display()
         );
     }
+    if args.seeds.is_empty() || args.estimators.is_empty() {
+        anyhow::bail!("--seeds and --estimators need at least one value each");
+    }
     let kinds = args
         .estimators
         .iter()
@@ -116,8 +130,17 @@ fn main() -> Result<()> {
         for &seed in &args.seeds {
             let config = config_for(&args, &model_dir, kind, seed)?;
             let dir = out.join(format!("{}-seed{seed}", kind.name()));
-            println!("== {} seed {seed} -> {}", kind.name(), dir.display());
-            summaries.push(run_one(&args, config, &dir)?);
+            let done = !args.fresh
+                && std::fs::read_to_string(dir.join("config.resolved.toml"))
+                    .is_ok_and(|t| t == config.to_toml())
+                && dir.join("summary.json").exists();
+            if done {
+                println!("== {} seed {seed}: reusing {}", kind.name(), dir.display());
+                summaries.push(RunSummary::load(&dir)?);
+            } else {
+                println!("== {} seed {seed} -> {}", kind.name(), dir.display());
+                summaries.push(run_one(&args, config, &dir)?);
+            }
             let s = summaries.last().unwrap();
             println!(
                 "   pass@1 {:.3} -> {:.3}, reward {:.3} -> {:.3}, {:.0}s",
@@ -145,7 +168,7 @@ fn main() -> Result<()> {
                     .iter()
                     .map(|s| s.estimator_forward_passes_per_step),
             ),
-            wall_seconds_per_run: mean(summaries.iter().map(|s| s.wall_seconds)),
+            train_seconds_per_run: mean(summaries.iter().map(|s| s.train_seconds)),
         });
         let runs: Vec<Vec<(f64, f64)>> = summaries
             .iter()
@@ -165,7 +188,10 @@ fn main() -> Result<()> {
         y_range: None,
     };
     write_svg(&out.join("rewards.svg"), &[chart], 1)?;
-    let table = markdown_table(&rows, &args);
+    let rounds = config_for(&args, &model_dir, kinds[0], args.seeds[0])?
+        .grpo
+        .max_steps;
+    let table = markdown_table(&rows, &args, rounds);
     write_atomic(&out.join("table.md"), table.as_bytes())?;
     let json = serde_json::to_string_pretty(&rows)?;
     write_atomic(&out.join("results.json"), json.as_bytes())?;
@@ -188,9 +214,10 @@ fn config_for(
         format!("estimator.kind=\"{}\"", kind.name()),
         format!("grpo.seed={seed}"),
         format!("rollout.seed={seed}"),
-        format!("grpo.max_steps={}", args.max_steps),
-        "logging.progress=false".to_string(),
     ];
+    if let Some(n) = args.max_steps {
+        overrides.push(format!("grpo.max_steps={n}"));
+    }
     overrides.extend(args.set.iter().cloned());
     Ok(TrainConfig::from_toml_str(
         DEFAULT_CONFIG,
@@ -281,12 +308,12 @@ fn std(xs: &[f64]) -> f64 {
     (xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (xs.len() - 1) as f64).sqrt()
 }
 
-fn markdown_table(rows: &[Row], args: &Args) -> String {
+fn markdown_table(rows: &[Row], args: &Args, rounds: u64) -> String {
     let mut t = format!(
         "Seeds {:?}, {} rounds each, {} held-out tasks (greedy pass@1).\n\n\
-         | estimator | pass@1 before | pass@1 after (± sd) | final reward | per-token score variance | passes / sequence | scoring passes / round | wall s / run |\n\
+         | estimator | pass@1 before | pass@1 after (± sd) | final reward | per-token score variance | passes / sequence | scoring passes / round | train s / run |\n\
          |---|---|---|---|---|---|---|---|\n",
-        args.seeds, args.max_steps, args.eval_tasks
+        args.seeds, rounds, args.eval_tasks
     );
     for r in rows {
         let _ = writeln!(
@@ -300,7 +327,7 @@ fn markdown_table(rows: &[Row], args: &Args) -> String {
             r.score_variance,
             r.forward_passes_per_sequence,
             r.estimator_forward_passes_per_step,
-            r.wall_seconds_per_run
+            r.train_seconds_per_run
         );
     }
     t

@@ -6,12 +6,13 @@
 //! Each training row is `prompt ++ completion`: the prompt is the chat template of the task's
 //! user message (left-padded, attention-masked), the completion is
 //! "```python\n<solution>\n```\n" + `<|im_end|>`, padded with `<|dlm_pad|>` to a fixed length K.
-//! Per row, t ~ U(eps, 1); each completion token is replaced by `<|mask|>` with probability t;
-//! the loss is the cross-entropy of the masked tokens weighted by 1/t, summed and divided by
-//! batch · K. Logits follow Dream's shift: the output at position j − 1 predicts token j.
+//! Per row, t ~ U(eps, 1) (stratified over the batch); each completion token is replaced by
+//! `<|mask|>` with probability t; the loss is the cross-entropy of the masked tokens weighted by
+//! 1/t, summed and divided by batch · K. Logits follow Dream's shift: the output at position
+//! j − 1 predicts token j.
 //!
 //! ```text
-//! cargo run --release --example pretrain_tiny -- --out assets/tiny-coder --steps 3000 --seed 0
+//! cargo run --release --example pretrain_tiny -- --out assets/tiny-coder --seed 0
 //! cargo run --release --example pretrain_tiny -- --eval-only assets/tiny-coder --eval-tasks 200
 //! ```
 
@@ -52,7 +53,7 @@ struct Args {
     #[arg(long, default_value = "runs/pretrain_tiny")]
     out: PathBuf,
     /// Optimizer steps.
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = 2500)]
     steps: usize,
     /// Seed of the weights, the training stream and the masks.
     #[arg(long, default_value_t = 0)]
@@ -61,7 +62,7 @@ struct Args {
     #[arg(long, default_value_t = 32)]
     batch: usize,
     /// Peak learning rate (linear warm-up, then cosine to 10%).
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, default_value_t = 3e-3)]
     lr: f64,
     #[arg(long, default_value_t = 100)]
     warmup: usize,
@@ -76,15 +77,15 @@ struct Args {
     /// Training tasks the tokenizer is learned from.
     #[arg(long, default_value_t = 20_000)]
     tokenizer_tasks: usize,
-    #[arg(long, default_value_t = 192)]
+    #[arg(long, default_value_t = 128)]
     hidden: usize,
     #[arg(long, default_value_t = 4)]
     layers: usize,
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 4)]
     heads: usize,
     #[arg(long, default_value_t = 2)]
     kv_heads: usize,
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 384)]
     intermediate: usize,
     /// Share the embedding with the output head.
     #[arg(long)]
@@ -104,10 +105,10 @@ struct Args {
     #[arg(long, default_value_t = 50)]
     log_every: usize,
     /// Evaluate held-out pass@1 every N steps (0 = only at the end).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 250)]
     eval_every: usize,
     /// Held-out tasks (distinct problems) in each evaluation; 0 skips evaluation.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 40)]
     eval_tasks: usize,
     /// Evaluate on the training split instead (to tell memorisation from generalisation).
     #[arg(long)]
@@ -450,9 +451,16 @@ fn sft_loss<B: Backend>(
         Vec::with_capacity(b * (p + k)),
     );
     let (mut targets, mut weights) = (Vec::with_capacity(b * n), Vec::with_capacity(b * n));
-    for row in rows {
+    // Stratified t (one uniform offset, b evenly spaced strata, as MDLM does): every batch
+    // spans the whole masking range, which cuts the variance the 1/t weights add.
+    // Rows are bucketed by prompt length, so the strata are shuffled across them.
+    let offset = rng.random::<f64>();
+    let mut ts: Vec<f64> = (0..b)
+        .map(|i| eps + (1.0 - eps) * (i as f64 + offset) / b as f64)
+        .collect();
+    ts.shuffle(rng);
+    for (row, &t) in rows.iter().zip(&ts) {
         let pad = p - row.prompt.len();
-        let t = rng.random_range(eps..1.0);
         let tokens = std::iter::repeat_n(None, pad)
             .chain(row.prompt.iter().map(|&tok| Some((tok, t * prompt_ratio))))
             .chain(row.completion.iter().map(|&tok| Some((tok, t))));

@@ -10,7 +10,7 @@ use coupled_grpo::backend::{Cpu, CpuAutodiff};
 use coupled_grpo::data::synthetic::{completion_text, Generator, Split};
 use coupled_grpo::data::{self, OnError};
 use coupled_grpo::eval::{EvalConfig, Evaluator, PromptStyle};
-use coupled_grpo::grpo::{run_with_eval, RunOptions, TrainConfig, Trainer};
+use coupled_grpo::grpo::{run_with_eval, RunOptions, RunSummary, TrainConfig, Trainer};
 use coupled_grpo::model::{init_directory, load_pretrained, ModelConfig};
 use coupled_grpo::rollout::RolloutConfig;
 use coupled_grpo::sandbox::{Limits, Pool, WasmConfig, WasmExecutor};
@@ -157,6 +157,11 @@ fn short_run_writes_a_complete_run_directory() {
     assert_eq!(steps, vec![0, 1, 2]);
     assert!(summary.rollout_forward_passes_per_step > 0.0);
 
+    // compare_estimators reuses finished runs through this reader.
+    let loaded = RunSummary::load(&out).unwrap();
+    assert_eq!(loaded.steps, 2);
+    assert_eq!(loaded.rewards, summary.rewards);
+    assert_eq!(loaded.evals.len(), 3);
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     for key in [
@@ -242,4 +247,39 @@ fn eval_command_reports_pass_at_k_and_rejects_bad_flags() {
     assert!(err.contains("--timeout-s"), "{err}");
     let err = fail(&["eval", "--model", "/nonexistent", "--bench", "mbpp"]);
     assert!(err.contains("/nonexistent"), "{err}");
+}
+
+/// The embedded default of `acecoder_rl` (assets/tiny-coder) loads with its tokenizer and,
+/// decoded greedily as the example evaluates it, answers held-out toy tasks in the rewarded
+/// format and passes some of their tests: the starting point RL needs.
+#[test]
+fn embedded_tiny_coder_answers_held_out_tasks() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/tiny-coder");
+    let model = load_pretrained::<Cpu>(&dir, &Default::default()).unwrap();
+    let tokenizer = coupled_grpo::model::load_tokenizer(&dir, model.config()).unwrap();
+    assert_eq!(tokenizer.special().mask, 3);
+    let tasks = Generator::new(Split::HeldOut, 0).distinct(24).unwrap();
+    let config = TrainConfig::from_toml_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/configs/acecoder_rl.toml"),
+        )
+        .unwrap(),
+        &[],
+        None,
+    )
+    .unwrap();
+    let eval = EvalConfig {
+        rollout: RolloutConfig {
+            temperature: 0.0,
+            top_p: None,
+            truncate_text: false,
+            ..config.rollout.clone()
+        },
+        ..EvalConfig::default()
+    };
+    let report = evaluator()
+        .evaluate(&model, &tokenizer, &tasks, &eval)
+        .unwrap();
+    assert!(report.format_ok >= 0.9, "{report:#?}");
+    assert!(report.mean_pass_rate > 0.05, "{report:#?}");
 }

@@ -2,7 +2,7 @@
 //! for quick end-to-end runs without any download.
 //!
 //! Each task is a one-line question naming a function (`Write a Python function
-//! `get_total(x)` that returns x multiplied by 3 plus 5.`), a hidden reference solution and
+//! `arith_affine(x)` that returns x multiplied by 3 plus 5.`), a hidden reference solution and
 //! 5–10 independent `assert` statements computed here with Python's semantics. The problems
 //! are deliberately easy and formulaic, so that a model of a few million parameters can learn
 //! them; they say nothing about real coding ability.
@@ -368,24 +368,6 @@ const OPENERS: &[&str] = &[
     "Implement a function",
     "Create a function",
 ];
-const VERBS: &[&str] = &[
-    "compute",
-    "calculate",
-    "get",
-    "make",
-    "find",
-    "transform",
-    "process",
-    "apply",
-    "build",
-    "solve",
-    "evaluate",
-    "convert",
-];
-const NOUNS: &[&str] = &[
-    "value", "result", "total", "score", "output", "answer", "number", "item", "data", "amount",
-    "measure", "thing",
-];
 const WORDS: &[&str] = &[
     "cat", "dog", "sun", "red", "top", "ok", "yes", "no", "big", "low", "abc", "xyz", "foo", "bar",
     "baz", "zip", "hot", "ice", "tea", "map", "pen", "box", "key", "sky", "win", "end", "go", "up",
@@ -394,11 +376,11 @@ const WORDS: &[&str] = &[
 
 impl Spec {
     fn into_task(self, rng: &mut ChaCha8Rng, index: u64) -> Task {
-        let name = format!(
-            "{}_{}",
-            VERBS.choose(rng).expect("non-empty"),
-            NOUNS.choose(rng).expect("non-empty")
-        );
+        // The name is the template's (`arith.affine` -> `arith_affine`), not drawn: a model of a
+        // million parameters learns to copy the constants from the question far sooner when it
+        // does not also have to copy an arbitrary identifier.
+        let template = self.key.split(':').next().unwrap_or(&self.key);
+        let name = template.replace('.', "_");
         let opener = OPENERS.choose(rng).expect("non-empty");
         let question = format!(
             "{opener} `{name}({})` that returns {}.",

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::Trainer;
 use crate::data::Task;
@@ -44,14 +44,17 @@ pub struct RunOptions {
 }
 
 /// One evaluation during a run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalPoint {
     /// Rounds done when it ran.
     pub step: u64,
     pub pass_at_1: f64,
     pub mean_pass_rate: f64,
     pub format_ok: f64,
+    /// NaN (`null` in JSON) when no completion had two decoded tokens.
+    #[serde(deserialize_with = "null_as_nan")]
     pub local_ar_1: f64,
+    #[serde(deserialize_with = "null_as_nan")]
     pub global_ar_1: f64,
     pub seconds: f64,
 }
@@ -71,7 +74,7 @@ impl EvalPoint {
 }
 
 /// `summary.json`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunSummary {
     pub pass_at_1_before: f64,
     pub pass_at_1_after: f64,
@@ -94,6 +97,24 @@ pub struct RunSummary {
     pub evals: Vec<EvalPoint>,
     /// `(round, mean reward)` of every round.
     pub rewards: Vec<(u64, f64)>,
+}
+
+/// serde_json writes a non-finite f64 as `null`.
+fn null_as_nan<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+impl RunSummary {
+    /// Reads `run_dir/summary.json` (written last, atomically, by [`run_with_eval`]).
+    pub fn load(run_dir: &Path) -> Result<Self> {
+        let path = run_dir.join("summary.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::Json {
+            path,
+            line: Some(e.line()),
+            message: e.to_string(),
+        })
+    }
 }
 
 /// Train `trainer` for `options.max_steps` rounds into `run_dir`, evaluating held-out pass@1
