@@ -82,6 +82,8 @@ struct Args {
 struct Row {
     estimator: String,
     seeds: Vec<u64>,
+    /// Rollout rounds of every run.
+    rounds: u64,
     pass_at_1_before: f64,
     pass_at_1_after: f64,
     pass_at_1_after_std: f64,
@@ -157,6 +159,7 @@ fn main() -> Result<()> {
         rows.push(Row {
             estimator: kind.name().into(),
             seeds: args.seeds.clone(),
+            rounds: config.grpo.max_steps,
             pass_at_1_before: mean(summaries.iter().map(|s| s.pass_at_1_before)),
             pass_at_1_after: mean(after.iter().copied()),
             pass_at_1_after_std: std(&after),
@@ -188,10 +191,7 @@ fn main() -> Result<()> {
         y_range: None,
     };
     write_svg(&out.join("rewards.svg"), &[chart], 1)?;
-    let rounds = config_for(&args, &model_dir, kinds[0], args.seeds[0])?
-        .grpo
-        .max_steps;
-    let table = markdown_table(&rows, &args, rounds);
+    let table = markdown_table(&rows, &args);
     write_atomic(&out.join("table.md"), table.as_bytes())?;
     let json = serde_json::to_string_pretty(&rows)?;
     write_atomic(&out.join("results.json"), json.as_bytes())?;
@@ -308,12 +308,12 @@ fn std(xs: &[f64]) -> f64 {
     (xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (xs.len() - 1) as f64).sqrt()
 }
 
-fn markdown_table(rows: &[Row], args: &Args, rounds: u64) -> String {
+fn markdown_table(rows: &[Row], args: &Args) -> String {
     let mut t = format!(
         "Seeds {:?}, {} rounds each, {} held-out tasks (greedy pass@1).\n\n\
          | estimator | pass@1 before | pass@1 after (± sd) | final reward | per-token score variance | passes / sequence | scoring passes / round | train s / run |\n\
          |---|---|---|---|---|---|---|---|\n",
-        args.seeds, rounds, args.eval_tasks
+        args.seeds, rows[0].rounds, args.eval_tasks
     );
     for r in rows {
         let _ = writeln!(

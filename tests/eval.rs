@@ -26,6 +26,16 @@ fn evaluator() -> Evaluator {
     )
 }
 
+/// A path in this repository.
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// The embedded config of the `acecoder_rl` example.
+fn acecoder_rl_toml() -> String {
+    std::fs::read_to_string(repo("examples/configs/acecoder_rl.toml")).unwrap()
+}
+
 fn tiny_dir(tmp: &Path) -> PathBuf {
     let config = ModelConfig::preset("tiny").unwrap();
     init_directory::<Cpu>(&config, tmp.join("tiny"), None, 5, &Default::default()).unwrap()
@@ -88,8 +98,7 @@ fn pass_at_k_of_known_completions_through_the_sandbox() {
 
 #[test]
 fn benchmark_style_runs_humaneval_bodies_after_the_prompt() {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/data/humaneval/HumanEval.jsonl.gz");
+    let path = repo("assets/data/humaneval/HumanEval.jsonl.gz");
     let tasks: Vec<_> = data::humaneval::load(&path, OnError::Fail)
         .unwrap()
         .rows
@@ -119,10 +128,7 @@ fn short_run_writes_a_complete_run_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_dir(tmp.path());
     let out = tmp.path().join("run");
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/configs/acecoder_rl.toml"),
-    )
-    .unwrap();
+    let text = acecoder_rl_toml();
     let overrides: Vec<String> = vec![
         format!("model.path={:?}", model.display().to_string()),
         "data.limit=8".into(),
@@ -254,20 +260,12 @@ fn eval_command_reports_pass_at_k_and_rejects_bad_flags() {
 /// format and passes some of their tests: the starting point RL needs.
 #[test]
 fn embedded_tiny_coder_answers_held_out_tasks() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/tiny-coder");
+    let dir = repo("assets/tiny-coder");
     let model = load_pretrained::<Cpu>(&dir, &Default::default()).unwrap();
     let tokenizer = coupled_grpo::model::load_tokenizer(&dir, model.config()).unwrap();
     assert_eq!(tokenizer.special().mask, 3);
     let tasks = Generator::new(Split::HeldOut, 0).distinct(24).unwrap();
-    let config = TrainConfig::from_toml_str(
-        &std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/configs/acecoder_rl.toml"),
-        )
-        .unwrap(),
-        &[],
-        None,
-    )
-    .unwrap();
+    let config = TrainConfig::from_toml_str(&acecoder_rl_toml(), &[], None).unwrap();
     let eval = EvalConfig {
         rollout: RolloutConfig {
             temperature: 0.0,

@@ -73,9 +73,10 @@ impl std::str::FromStr for EstimatorKind {
             .into_iter()
             .find(|k| k.name() == s)
             .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|k| k.name()).collect();
                 crate::Error::config(
                     "estimator.kind",
-                    format!("unknown estimator `{s}` (coupled, decoupled, d1, full_mask)"),
+                    format!("unknown estimator `{s}` ({})", names.join(", ")),
                 )
             })
     }
