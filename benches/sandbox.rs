@@ -4,7 +4,8 @@
 //!
 //! The batch: the first N tasks of the MBPP test split (task ids 11..), each with its reference
 //! solution (should pass) and with the next task's solution (wrong: should fail), 3 asserts each.
-//! `cargo bench --bench sandbox` (N = 100 by default; `SANDBOX_BENCH_TASKS=N` to change).
+//! `cargo bench --bench sandbox` (N = 100 by default; `SANDBOX_BENCH_TASKS=N` to change;
+//! `SANDBOX_BENCH_ONLY=wasm` (or `process`, `reference`) runs one executor, e.g. under a profiler).
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -228,13 +229,17 @@ fn main() {
         "{:<10} {:>8} {:>7} {:>9} {:>10} {:>9} {:>9}",
         "executor", "samples", "tests", "wall s", "tests/s", "p50 ms", "p95 ms"
     );
-    let reports = [
-        measure(wasm, &programs, workers),
-        measure(process, &programs, workers),
-        measure(reference, &programs, workers),
-    ];
-    let base = &reports[2];
-    for r in &reports[..2] {
+    let only = std::env::var("SANDBOX_BENCH_ONLY").ok();
+    let executors: [Arc<dyn Executor>; 3] = [wasm, process, reference];
+    let reports: Vec<Report> = executors
+        .into_iter()
+        .filter(|e| only.as_deref().is_none_or(|o| o == e.name()))
+        .map(|e| measure(e, &programs, workers))
+        .collect();
+    let Some(base) = reports.iter().find(|r| r.name == "reference") else {
+        return;
+    };
+    for r in reports.iter().filter(|r| r.name != "reference") {
         println!(
             "{} vs reference: {:.1}x tests/s, p50 latency {:.1}x lower",
             r.name,

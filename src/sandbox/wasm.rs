@@ -105,9 +105,11 @@ pub struct WasmConfig {
     /// Instances that can exist at once (pool size); 0 = four per available core.
     pub max_instances: u32,
     /// Bytes at the bottom of each memory slot reset by copying from the image instead of being
-    /// decommitted (which makes the next sample re-fault them). Each instance copies this much,
-    /// so bigger is not better: on the MBPP bench (2 workers, loaded 2-vCPU VM) 8 MiB gave 597
-    /// tests/s against 401 with the prototype's 24 MiB.
+    /// decommitted (which makes the next sample re-fault them copy-on-write, with a TLB
+    /// shootdown per page between worker threads). It must cover what a sample dirties, but
+    /// every instance copies all of it: on the MBPP bench (2 workers, idle 2-vCPU Xeon) tests/s
+    /// were 783 / 1,215 / 2,070 / 1,870 / 1,511 at 10 / 12 / 14 / 16 / 24 MiB; 16 leaves room
+    /// for bigger programs above the cliff.
     pub keep_resident_bytes: u64,
 }
 
@@ -119,7 +121,7 @@ impl Default for WasmConfig {
             cpu_limit: CpuLimit::default(),
             max_memory_bytes: 1 << 30,
             max_instances: 0,
-            keep_resident_bytes: 8 << 20,
+            keep_resident_bytes: 16 << 20,
         }
     }
 }
