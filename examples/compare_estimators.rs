@@ -50,8 +50,8 @@ struct Args {
     /// Seeds (comma-separated); every estimator runs every seed.
     #[arg(long, value_delimiter = ',', default_values_t = [0u64, 1])]
     seeds: Vec<u64>,
-    /// Estimators to compare (comma-separated).
-    #[arg(long, value_delimiter = ',', default_values_t = ["coupled".to_string(), "decoupled".into(), "d1".into(), "full_mask".into()])]
+    /// Estimators to compare (comma-separated; default: all of coupled, decoupled, d1, full_mask).
+    #[arg(long, value_delimiter = ',')]
     estimators: Vec<String>,
     /// Rollout rounds per run (default: the embedded config's, as `acecoder_rl` runs).
     #[arg(long)]
@@ -116,14 +116,17 @@ fn main() -> Result<()> {
             model_dir.display()
         );
     }
-    if args.seeds.is_empty() || args.estimators.is_empty() {
-        anyhow::bail!("--seeds and --estimators need at least one value each");
+    if args.seeds.is_empty() {
+        anyhow::bail!("--seeds needs at least one value");
     }
-    let kinds = args
-        .estimators
-        .iter()
-        .map(|s| s.parse::<EstimatorKind>())
-        .collect::<coupled_grpo::Result<Vec<_>>>()?;
+    let kinds = if args.estimators.is_empty() {
+        EstimatorKind::ALL.to_vec()
+    } else {
+        args.estimators
+            .iter()
+            .map(|s| s.parse::<EstimatorKind>())
+            .collect::<coupled_grpo::Result<Vec<_>>>()?
+    };
 
     let mut rows = Vec::new();
     let mut curves = Vec::new();

@@ -38,12 +38,12 @@ use coupled_grpo::data::synthetic::{
     completion_text, prompt_text, semantic_key, train_tokenizer, Generator, Split,
 };
 use coupled_grpo::data::Task;
+use coupled_grpo::eval::{EvalConfig, EvalReport, Evaluator};
 use coupled_grpo::model::{
     load_pretrained, load_tokenizer, save_pretrained, DiffusionLm, ModelConfig, SaveDtype,
     Tokenizer,
 };
-use coupled_grpo::reward::CodeReward;
-use coupled_grpo::rollout::{generate, Alg, RolloutConfig};
+use coupled_grpo::rollout::RolloutConfig;
 use coupled_grpo::sandbox::{Executor, Limits, Pool, ProcessConfig, ProcessExecutor};
 
 #[derive(Parser, Debug, Clone, Serialize)]
@@ -140,8 +140,7 @@ fn main() -> Result<()> {
         let device = Default::default();
         let model = load_pretrained::<Cpu>(dir, &device)?;
         let tokenizer = load_tokenizer(dir, model.config())?;
-        let evaluator = Evaluator::new(&args)?;
-        let report = evaluator.run(&model, &tokenizer, &args)?;
+        let report = HeldOut::new(&args)?.run(&model, &tokenizer)?;
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
@@ -193,7 +192,7 @@ fn train(args: &Args) -> Result<()> {
         .init::<CpuAutodiff, DiffusionLm<CpuAutodiff>>();
 
     let evaluator = (args.eval_tasks > 0)
-        .then(|| Evaluator::new(args))
+        .then(|| HeldOut::new(args))
         .transpose()?;
     let mut stream = Generator::new(Split::Train, args.seed);
     let mut mask_rng = ChaCha8Rng::seed_from_u64(args.seed.wrapping_add(1));
@@ -248,7 +247,7 @@ fn train(args: &Args) -> Result<()> {
                 // Keep a usable directory at every evaluation, so a cut run still leaves one.
                 save_pretrained(&model.valid(), &args.out, SaveDtype::F32)?;
                 tokenizer.save(args.out.join("tokenizer.json"))?;
-                let report = ev.run(&model.valid(), &tokenizer, args)?;
+                let report = ev.run(&model.valid(), &tokenizer)?;
                 let record = serde_json::json!({"step": step + 1, "eval": report});
                 println!("{record}");
                 writeln!(log, "{record}")?;
@@ -500,24 +499,23 @@ fn sft_loss<B: Backend>(
     (token_logp * weights).sum().neg() / (b * k) as f32
 }
 
-/// Greedy held-out pass@1 through the rollout engine and the process sandbox.
-struct Evaluator {
+/// Greedy held-out pass@1: the library's evaluator (rollout engine + process sandbox), plus a
+/// tally per task family, which shows which templates the model has learned.
+struct HeldOut {
     tasks: Vec<Task>,
-    reward: CodeReward,
+    evaluator: Evaluator,
+    config: EvalConfig,
 }
 
 #[derive(Debug, Serialize)]
-struct EvalReport {
-    tasks: usize,
-    pass_at_1: f64,
-    mean_pass_rate: f64,
-    format_ok: f64,
-    seconds: f64,
+struct HeldOutReport {
+    #[serde(flatten)]
+    report: EvalReport,
+    /// family → (tasks passed, tasks)
     by_family: BTreeMap<String, (usize, usize)>,
-    samples: Vec<(String, String)>,
 }
 
-impl Evaluator {
+impl HeldOut {
     fn new(args: &Args) -> Result<Self> {
         let split = if args.eval_train_split {
             Split::Train
@@ -536,9 +534,23 @@ impl Evaluator {
             test_timeout: std::time::Duration::from_secs(2),
             ..Limits::default()
         };
+        let k = args.completion_len;
+        let defaults = EvalConfig::default();
+        let config = EvalConfig {
+            rollout: RolloutConfig {
+                max_new_tokens: k,
+                steps: args.eval_steps.unwrap_or(k),
+                max_prompt_length: 512,
+                ..defaults.rollout.clone()
+            },
+            tasks_per_batch: 25,
+            keep_samples: 3,
+            ..defaults
+        };
         Ok(Self {
             tasks,
-            reward: CodeReward::new(Pool::new(executor, 2), limits),
+            evaluator: Evaluator::new(Pool::new(executor, 2), limits),
+            config,
         })
     }
 
@@ -546,56 +558,20 @@ impl Evaluator {
         &self,
         model: &DiffusionLm<B>,
         tokenizer: &Tokenizer,
-        args: &Args,
-    ) -> Result<EvalReport> {
-        let t0 = Instant::now();
-        let k = args.completion_len;
-        let config = RolloutConfig {
-            max_new_tokens: k,
-            steps: args.eval_steps.unwrap_or(k),
-            temperature: 0.0,
-            top_p: None,
-            alg: Alg::Entropy,
-            num_completions: 1,
-            max_prompt_length: 512,
-            chunk_rows: Some(25),
-            truncate_text: false,
-            ..RolloutConfig::default()
-        };
-        let prompts: Vec<String> = self.tasks.iter().map(prompt_text).collect();
-        let batch = generate(model, tokenizer, &prompts, &config)?;
-        let refs: Vec<&Task> = self.tasks.iter().collect();
-        let evals = self.reward.evaluate_tasks(&batch.texts, &refs)?;
+    ) -> Result<HeldOutReport> {
+        let report = self
+            .evaluator
+            .evaluate(model, tokenizer, &self.tasks, &self.config)?;
         let mut by_family: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-        let (mut passed, mut rate, mut format_ok) = (0usize, 0.0f64, 0usize);
-        for (task, e) in self.tasks.iter().zip(&evals) {
-            let ok = e.code == Some(1.0);
+        for task in &report.per_task {
             let family = semantic_key(&task.id)
                 .and_then(|k| k.split(':').next())
                 .unwrap_or("?");
             let entry = by_family.entry(family.to_string()).or_default();
-            entry.0 += usize::from(ok);
+            entry.0 += usize::from(task.passed == task.n);
             entry.1 += 1;
-            passed += usize::from(ok);
-            rate += f64::from(e.code.unwrap_or(0.0));
-            format_ok += usize::from(e.format == 1.0);
         }
-        let n = self.tasks.len() as f64;
-        Ok(EvalReport {
-            tasks: self.tasks.len(),
-            pass_at_1: passed as f64 / n,
-            mean_pass_rate: rate / n,
-            format_ok: format_ok as f64 / n,
-            seconds: t0.elapsed().as_secs_f64(),
-            by_family,
-            samples: self
-                .tasks
-                .iter()
-                .zip(&batch.texts)
-                .take(3)
-                .map(|(t, c)| (t.question.clone(), c.clone()))
-                .collect(),
-        })
+        Ok(HeldOutReport { report, by_family })
     }
 }
 
