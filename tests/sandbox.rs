@@ -198,30 +198,7 @@ fn a_raising_solution_fails_every_test_with_its_detail() {
 
 #[test]
 fn stdlib_modules_of_the_issue_import() {
-    let modules = [
-        "math",
-        "collections",
-        "itertools",
-        "heapq",
-        "re",
-        "functools",
-        "typing",
-        "string",
-        "bisect",
-        "operator",
-        "copy",
-        "json",
-        "random",
-        "statistics",
-        "decimal",
-        "fractions",
-        "datetime",
-        "dataclasses",
-        "enum",
-        "array",
-        "struct",
-        "hashlib",
-    ];
+    let modules = coupled_grpo::sandbox::TASK_STDLIB;
     let code = modules
         .iter()
         .map(|m| format!("import {m}"))
@@ -243,7 +220,7 @@ fn stdlib_modules_of_the_issue_import() {
         );
     }
     let wasm = WasmExecutor::new(WasmConfig::default()).unwrap();
-    let probed = wasm.probe_imports(&modules).unwrap();
+    let probed = wasm.probe_imports(modules).unwrap();
     for (module, result) in modules.iter().zip(&probed) {
         assert!(result.is_ok(), "wasm cannot import {module}: {result:?}");
     }

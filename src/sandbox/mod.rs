@@ -30,6 +30,33 @@ use crate::Error;
 /// time of every sample.
 pub const PRELOAD_MODULES: &str = include_str!("../../sandbox/preload.txt");
 
+/// Modules that coding problems import and that every executor guarantees (a subset of
+/// [`PRELOAD_MODULES`]).
+pub const TASK_STDLIB: &[&str] = &[
+    "math",
+    "collections",
+    "itertools",
+    "heapq",
+    "re",
+    "functools",
+    "typing",
+    "string",
+    "bisect",
+    "operator",
+    "copy",
+    "json",
+    "random",
+    "statistics",
+    "decimal",
+    "fractions",
+    "datetime",
+    "dataclasses",
+    "enum",
+    "array",
+    "struct",
+    "hashlib",
+];
+
 /// The module names of [`PRELOAD_MODULES`], comments and blank lines skipped.
 pub fn preload_modules() -> Vec<&'static str> {
     PRELOAD_MODULES
@@ -79,31 +106,8 @@ mod tests {
     #[test]
     fn preload_list_has_the_issue_modules() {
         let modules = preload_modules();
-        for name in [
-            "math",
-            "collections",
-            "itertools",
-            "heapq",
-            "re",
-            "functools",
-            "typing",
-            "string",
-            "bisect",
-            "operator",
-            "copy",
-            "json",
-            "random",
-            "statistics",
-            "decimal",
-            "fractions",
-            "datetime",
-            "dataclasses",
-            "enum",
-            "array",
-            "struct",
-            "hashlib",
-        ] {
-            assert!(modules.contains(&name), "{name} missing from preload.txt");
+        for name in TASK_STDLIB {
+            assert!(modules.contains(name), "{name} missing from preload.txt");
         }
         assert!(modules.iter().all(|m| !m.contains(' ')));
     }
