@@ -135,9 +135,10 @@ fn main() -> Result<()> {
         for &seed in &args.seeds {
             let config = config_for(&args, &model_dir, kind, seed)?;
             let dir = out.join(format!("{}-seed{seed}", kind.name()));
+            // Compared as configs, not text: a field added later with its default still matches.
+            let resolved = dir.join("config.resolved.toml");
             let done = !args.fresh
-                && std::fs::read_to_string(dir.join("config.resolved.toml"))
-                    .is_ok_and(|t| t == config.to_toml())
+                && TrainConfig::load(&resolved, &[]).is_ok_and(|c| c == config)
                 && dir.join("summary.json").exists();
             if done {
                 println!("== {} seed {seed}: reusing {}", kind.name(), dir.display());

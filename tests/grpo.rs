@@ -1,10 +1,11 @@
 //! GRPO integration tests on a tiny random model (CPU, flex): the loss gradient against finite
 //! differences, the first-iteration ratio, the zero-signal update, the direction of an update,
-//! and bit-identical resume.
+//! bit-identical resume (f32 and bf16), and bf16 updates through f32 master weights.
 
 use std::sync::Arc;
 
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
 use burn::tensor::{DType, Distribution, Tensor, TensorData};
 use coupled_grpo::backend::{Cpu, CpuAutodiff};
 use coupled_grpo::data::{Task, TaskSource};
@@ -12,7 +13,10 @@ use coupled_grpo::estimator::{
     Coupled, LikelihoodEstimator, MaskSeed, PairOptions, ScoreBatch, DEFAULT_MAX_LOGIT_BYTES,
 };
 use coupled_grpo::grpo::advantage::AdvantageStats;
-use coupled_grpo::grpo::{grpo_loss, LossConfig, Rewards, TrainConfig, Trainer, WeightedReward};
+use coupled_grpo::grpo::{
+    grpo_loss, GrpoOptimizer, LossConfig, OptimizerConfig, Rewards, TrainConfig, Trainer,
+    WeightedReward,
+};
 use coupled_grpo::model::{byte_level_tokenizer, DiffusionLm, ModelConfig};
 use coupled_grpo::reward::RewardFn;
 use coupled_grpo::rollout::RolloutBatch;
@@ -24,7 +28,11 @@ fn tiny_config() -> ModelConfig {
 }
 
 fn tiny_model(seed: u64) -> DiffusionLm<CpuAutodiff> {
-    DiffusionLm::init_with(&tiny_config(), &Default::default(), seed, DType::F32)
+    tiny_model_in(seed, DType::F32)
+}
+
+fn tiny_model_in(seed: u64, dtype: DType) -> DiffusionLm<CpuAutodiff> {
+    DiffusionLm::init_with(&tiny_config(), &Default::default(), seed, dtype)
 }
 
 fn host<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
@@ -250,13 +258,17 @@ completions_every = 0
 }
 
 fn trainer(config: TrainConfig, seed: u64) -> Trainer<CpuAutodiff> {
+    trainer_in(config, seed, DType::F32)
+}
+
+fn trainer_in(config: TrainConfig, seed: u64, dtype: DType) -> Trainer<CpuAutodiff> {
     let rewards = Rewards::Functions(vec![WeightedReward {
         reward: Arc::new(Letters),
         weight: 1.0,
     }]);
     Trainer::from_parts(
         config,
-        tiny_model(seed),
+        tiny_model_in(seed, dtype),
         byte_level_tokenizer().unwrap(),
         tasks(),
         rewards,
@@ -428,8 +440,18 @@ fn positive_advantage_raises_its_score() {
 
 #[test]
 fn resume_is_bit_identical() {
+    resume_is_bit_identical_in(DType::F32);
+}
+
+#[test]
+fn bf16_resume_with_master_weights_is_bit_identical() {
+    resume_is_bit_identical_in(DType::BF16);
+}
+
+fn resume_is_bit_identical_in(dtype: DType) {
     let run = tempfile::tempdir().unwrap();
     let config = train_config(&[]);
+    let trainer = |config, seed| trainer_in(config, seed, dtype);
     // Reference run: four rounds straight (the reference syncs at optimizer step 3 and 6).
     let mut straight = trainer(config.clone(), 7);
     let mut straight_stats = Vec::new();
@@ -502,4 +524,78 @@ fn non_finite_loss_skips_the_update_and_is_never_saved() {
     // The skipped round still checkpoints (the weights are finite).
     t.save_checkpoint(run.path()).unwrap();
     assert_eq!(t.state().skipped_updates, 2);
+}
+
+/// One all-ones gradient per parameter, in the parameter's dtype (Adam then moves every weight
+/// by about `lr` per step, against the gradient).
+fn ones_grads(model: &DiffusionLm<CpuAutodiff>) -> GradientsParams {
+    struct Ones(GradientsParams);
+    impl ModuleVisitor<CpuAutodiff> for Ones {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<CpuAutodiff, D>>) {
+            let v = p.val();
+            let ones = Tensor::<Cpu, D>::ones(v.dims(), &v.device()).cast(v.dtype());
+            self.0.register::<Cpu, D>(p.id, ones);
+        }
+    }
+    let mut v = Ones(GradientsParams::new());
+    model.visit(&mut v);
+    v.0
+}
+
+#[test]
+fn bf16_updates_below_bf16_resolution_accumulate_in_f32_master_weights() {
+    let (lr, steps) = (1e-4, 10);
+    // Weights in [1/16, 1/8) are 2^-11 apart in bf16: one step of 1e-4 is under half of that
+    // (it rounds back) while ten steps (1e-3) are two spacings.
+    let band = |w: f32| (0.0625..0.125).contains(&w.abs());
+    let run = |master_weights: bool| {
+        let mut opt = GrpoOptimizer::<CpuAutodiff>::new(OptimizerConfig {
+            lr,
+            weight_decay: 0.0,
+            max_grad_norm: 0.0,
+            master_weights,
+            ..OptimizerConfig::default()
+        })
+        .unwrap();
+        let mut model = tiny_model_in(3, DType::BF16);
+        for _ in 0..steps {
+            let grads = ones_grads(&model);
+            let (next, outcome) = opt.step(lr, model, grads);
+            assert!(outcome.applied);
+            model = next;
+        }
+        assert_eq!(model.dtype(), DType::BF16);
+        let master = opt.master().map(params);
+        (params(&model), master)
+    };
+    let start = params(&tiny_model_in(3, DType::BF16));
+    let (plain, no_master) = run(false);
+    assert!(no_master.is_none());
+    let (mixed, master) = run(true);
+    let master = master.expect("a master copy for bf16 parameters");
+    let mut in_band = 0;
+    for (i, w0s) in start.iter().enumerate() {
+        for (j, &w0) in w0s.iter().enumerate() {
+            // The master copy moved by the sum of the updates, in f32.
+            let expected = w0 - steps as f32 * lr as f32;
+            assert!(
+                (master[i][j] - expected).abs() < 1e-6,
+                "master {}: {} vs {expected}",
+                master[i][j],
+                w0
+            );
+            // The bf16 parameters are the master copy's rounding.
+            let rounded = burn::tensor::bf16::from_f32(master[i][j]).to_f32();
+            assert_eq!(mixed[i][j], rounded);
+            if band(w0) {
+                in_band += 1;
+                assert_eq!(
+                    plain[i][j], w0,
+                    "bf16 without master weights kept no update"
+                );
+                assert_ne!(mixed[i][j], w0, "the master copy's drift shows in bf16");
+            }
+        }
+    }
+    assert!(in_band > 100, "only {in_band} weights in the band");
 }

@@ -6,18 +6,25 @@
 //! here and the gradients are scaled before Burn's AdamW sees them. HF also exempts biases and
 //! norm weights from weight decay; here every rank-1 parameter (biases, RMSNorm weights) goes to
 //! a second AdamW without decay.
+//!
+//! Burn's AdamW keeps its moments in the parameter dtype and adds the update to the parameter
+//! in that dtype. For bf16 parameters (8 significant bits) an RL-sized update (lr 1e-6 on a
+//! weight of 0.02 is a relative change of 5e-5, below bf16's 2^-8) rounds away entirely, so with
+//! `master_weights` the optimizer keeps an f32 copy of the parameters (and so f32 moments),
+//! updates that copy with f32 gradients and hands back its bf16 cast, as mixed-precision
+//! trainers do.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
+use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::record::AdaptorRecord;
 use burn::optim::{
     AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, GradientsParams, Optimizer,
 };
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::schedule::ScheduleKind;
@@ -48,6 +55,9 @@ pub struct OptimizerConfig {
     pub warmup_steps: Option<u64>,
     /// Floor of the cosine as a fraction of `lr`.
     pub min_lr_ratio: f64,
+    /// Keep f32 master weights (and f32 Adam moments) for bf16 parameters; without them bf16
+    /// rounds small updates away. No effect on f32 parameters.
+    pub master_weights: bool,
 }
 
 impl Default for OptimizerConfig {
@@ -63,6 +73,7 @@ impl Default for OptimizerConfig {
             warmup_ratio: 1e-4,
             warmup_steps: None,
             min_lr_ratio: 0.1,
+            master_weights: true,
         }
     }
 }
@@ -83,6 +94,8 @@ pub struct GrpoOptimizer<B: AutodiffBackend> {
     decay: Adam<B>,
     no_decay: Adam<B>,
     config: OptimizerConfig,
+    /// f32 copy of a low-precision model, with the same parameter ids (`master_weights`).
+    master: Option<DiffusionLm<B>>,
 }
 
 impl<B: AutodiffBackend> GrpoOptimizer<B> {
@@ -108,6 +121,7 @@ impl<B: AutodiffBackend> GrpoOptimizer<B> {
             decay: adam(config.weight_decay),
             no_decay: adam(0.0),
             config,
+            master: None,
         })
     }
 
@@ -115,9 +129,42 @@ impl<B: AutodiffBackend> GrpoOptimizer<B> {
         &self.config
     }
 
+    /// The f32 master copy of a low-precision model, once the first update has made one.
+    pub fn master(&self) -> Option<&DiffusionLm<B>> {
+        self.master.as_ref()
+    }
+
     /// Clip `grads` to the global norm, then apply AdamW with learning rate `lr`. Non-finite
-    /// gradients skip the update entirely (parameters and Adam moments untouched).
+    /// gradients skip the update entirely (parameters and Adam moments untouched). A bf16
+    /// `model` with `master_weights` is updated through its f32 master copy and comes back as
+    /// that copy's cast.
     pub fn step(
+        &mut self,
+        lr: f64,
+        model: DiffusionLm<B>,
+        grads: GradientsParams,
+    ) -> (DiffusionLm<B>, UpdateOutcome) {
+        let dtype = model.dtype();
+        if !self.config.master_weights || dtype == DType::F32 {
+            return self.adamw_step(lr, model, grads);
+        }
+        let master = match self.master.take() {
+            // The same parameters (ids) as `model`: the copy is current.
+            Some(m) if m.embed_tokens.id == model.embed_tokens.id => m,
+            _ => cast_params(model.clone(), DType::F32),
+        };
+        let grads = cast_grads(&master, grads, DType::F32);
+        let (master, outcome) = self.adamw_step(lr, master, grads);
+        let model = if outcome.applied {
+            cast_params(master.clone(), dtype)
+        } else {
+            model
+        };
+        self.master = Some(master);
+        (model, outcome)
+    }
+
+    fn adamw_step(
         &mut self,
         lr: f64,
         model: DiffusionLm<B>,
@@ -154,8 +201,8 @@ impl<B: AutodiffBackend> GrpoOptimizer<B> {
         )
     }
 
-    /// Write the Adam moments of every parameter of `model` (by visit order) to a safetensors
-    /// file, f32, bit-exact.
+    /// Write the Adam moments of every parameter of `model` (by visit order), and the f32 master
+    /// weights when there are any, to a safetensors file, f32, bit-exact.
     pub fn save(&self, model: &DiffusionLm<B>, path: &Path) -> Result<()> {
         let mut visitor = SaveState::<B> {
             decay: self.decay.to_record(),
@@ -165,6 +212,13 @@ impl<B: AutodiffBackend> GrpoOptimizer<B> {
             times: BTreeMap::new(),
         };
         model.visit(&mut visitor);
+        if let Some(master) = &self.master {
+            let mut masters = SaveMaster {
+                index: 0,
+                tensors: &mut visitor.tensors,
+            };
+            master.visit(&mut masters);
+        }
         let mut metadata = std::collections::HashMap::new();
         metadata.insert("format".to_string(), "coupled-grpo adamw v1".to_string());
         metadata.insert(
@@ -193,7 +247,8 @@ impl<B: AutodiffBackend> GrpoOptimizer<B> {
     }
 
     /// Restore the state written by [`Self::save`] for `model` (whose parameter ids may differ
-    /// from the saving run's: entries are matched by visit order and shape).
+    /// from the saving run's: entries are matched by visit order and shape). Saved master
+    /// weights become `model`'s master copy; without them one is made from `model` when needed.
     pub fn load(&mut self, model: &DiffusionLm<B>, path: &Path) -> Result<()> {
         let err = |message: String| Error::Checkpoint {
             path: path.to_path_buf(),
@@ -230,8 +285,24 @@ impl<B: AutodiffBackend> GrpoOptimizer<B> {
             ));
         }
         let (decay, no_decay) = (visitor.decay, visitor.no_decay);
+        let master = if file.names().iter().any(|n| n.ends_with(".master")) {
+            let mut loader = LoadMaster::<B> {
+                file: &file,
+                index: 0,
+                error: None,
+                _b: std::marker::PhantomData,
+            };
+            let master = model.clone().map(&mut loader);
+            if let Some(e) = loader.error {
+                return Err(err(e));
+            }
+            Some(master)
+        } else {
+            None
+        };
         take_load(&mut self.decay, decay);
         take_load(&mut self.no_decay, no_decay);
+        self.master = master;
         Ok(())
     }
 }
@@ -242,6 +313,50 @@ fn take_load<B: AutodiffBackend>(
 ) {
     let fresh = std::mem::replace(opt, AdamWConfig::new().init::<B, DiffusionLm<B>>());
     *opt = fresh.load_record(record);
+}
+
+/// `model` with every float parameter cast to `dtype`; ids and `require_grad` are kept.
+pub fn cast_params<B: AutodiffBackend>(model: DiffusionLm<B>, dtype: DType) -> DiffusionLm<B> {
+    struct Cast(DType);
+    impl<B: AutodiffBackend> ModuleMapper<B> for Cast {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let (id, tensor, mapper) = param.consume();
+            let grad = tensor.is_require_grad();
+            // Through the inner backend: the copy is a fresh leaf, not a node of a graph.
+            let cast = Tensor::<B, D>::from_inner(tensor.inner().cast(self.0));
+            let cast = if grad { cast.require_grad() } else { cast };
+            Param::from_mapped_value(id, cast, mapper)
+        }
+    }
+    model.map(&mut Cast(dtype))
+}
+
+/// The gradients of `model`'s parameters cast to `dtype`.
+fn cast_grads<B: AutodiffBackend>(
+    model: &DiffusionLm<B>,
+    grads: GradientsParams,
+    dtype: DType,
+) -> GradientsParams {
+    struct Cast<B: AutodiffBackend> {
+        grads: GradientsParams,
+        dtype: DType,
+        _b: std::marker::PhantomData<B>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Cast<B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+                self.grads
+                    .register::<B::InnerBackend, D>(param.id, g.cast(self.dtype));
+            }
+        }
+    }
+    let mut v = Cast::<B> {
+        grads,
+        dtype,
+        _b: std::marker::PhantomData,
+    };
+    model.visit(&mut v);
+    v.grads
 }
 
 /// Global L2 norm of all gradients of `model`'s parameters (one host read).
@@ -374,6 +489,68 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for SaveState<B> {
             self.tensors
                 .insert(format!("{i}.exp_avg_sq"), f32_bytes(m.moment_2));
         }
+    }
+}
+
+/// Adds `{i}.master` (f32) for every parameter `i` of the master copy.
+struct SaveMaster<'a> {
+    index: usize,
+    tensors: &'a mut BTreeMap<String, (Vec<usize>, Vec<u8>)>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for SaveMaster<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.tensors
+            .insert(format!("{}.master", self.index), f32_bytes(param.val()));
+        self.index += 1;
+    }
+}
+
+/// Replaces every parameter by its saved `{i}.master` (f32), keeping ids.
+struct LoadMaster<'a, B: AutodiffBackend> {
+    file: &'a safetensors::SafeTensors<'a>,
+    index: usize,
+    error: Option<String>,
+    _b: std::marker::PhantomData<B>,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for LoadMaster<'_, B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let key = format!("{}.master", self.index);
+        self.index += 1;
+        let (id, tensor, mapper) = param.consume();
+        let shape = tensor.dims().to_vec();
+        let loaded = match self.file.tensor(&key) {
+            Ok(view) if view.shape() == shape && view.dtype() == safetensors::Dtype::F32 => {
+                let values: Vec<f32> = view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                Some(Tensor::<B, D>::from_data(
+                    TensorData::new(values, shape.clone()),
+                    &tensor.device(),
+                ))
+            }
+            Ok(view) => {
+                self.error.get_or_insert(format!(
+                    "`{key}` has shape {:?} ({:?}), the parameter {shape:?} f32",
+                    view.shape(),
+                    view.dtype()
+                ));
+                None
+            }
+            Err(e) => {
+                self.error.get_or_insert(format!("`{key}`: {e}"));
+                None
+            }
+        };
+        let value = match loaded {
+            Some(t) if tensor.is_require_grad() => t.require_grad(),
+            Some(t) => t,
+            None => tensor,
+        };
+        Param::from_mapped_value(id, value, mapper)
     }
 }
 
