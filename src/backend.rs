@@ -5,6 +5,12 @@
 pub type Cpu = burn::backend::Flex;
 /// CPU with autodiff, for training.
 pub type CpuAutodiff = burn::backend::Autodiff<Cpu>;
+/// [`CpuAutodiff`] with Burn's balanced checkpointing: element-wise (memory-bound) results are
+/// recomputed in the backward pass instead of kept, trading compute for activation memory.
+pub type CpuAutodiffCheckpointed = burn::backend::Autodiff<
+    Cpu,
+    burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing,
+>;
 
 /// The CUDA backend (burn-cuda with burn-fusion, f32 compute; cast parameters for bf16).
 ///
@@ -17,6 +23,12 @@ pub type Cuda = burn::backend::Cuda<f32, i32>;
 /// CUDA with autodiff, for training.
 #[cfg(feature = "cuda")]
 pub type CudaAutodiff = burn::backend::Autodiff<Cuda>;
+/// [`CudaAutodiff`] with balanced checkpointing (see [`CpuAutodiffCheckpointed`]).
+#[cfg(feature = "cuda")]
+pub type CudaAutodiffCheckpointed = burn::backend::Autodiff<
+    Cuda,
+    burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing,
+>;
 
 /// CUDA without burn-fusion: every tensor op is its own (precompiled-per-shape-class) kernel, so
 /// far fewer distinct kernels are JIT-compiled and autotuned than with fusion.
@@ -26,6 +38,12 @@ pub type CudaUnfused =
 /// [`CudaUnfused`] with autodiff.
 #[cfg(feature = "cuda")]
 pub type CudaUnfusedAutodiff = burn::backend::Autodiff<CudaUnfused>;
+/// [`CudaUnfusedAutodiff`] with balanced checkpointing.
+#[cfg(feature = "cuda")]
+pub type CudaUnfusedAutodiffCheckpointed = burn::backend::Autodiff<
+    CudaUnfused,
+    burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing,
+>;
 
 /// Memory of the CubeCL CUDA pool on the default device: `(bytes in use, bytes reserved)`.
 /// Fused and unfused backends share the runtime's client, so this covers both.

@@ -1,5 +1,6 @@
 //! Measurement helpers shared by `benches/` and `coupled-grpo bench`: one training step of the
-//! model (forward + cross-entropy + backward + AdamW) and a same-device matmul ceiling.
+//! model (forward + cross-entropy + backward + AdamW), a rollout pass, a whole coupled-GRPO
+//! update on synthetic rollouts, and a same-device matmul ceiling.
 
 use std::time::Instant;
 
@@ -10,7 +11,14 @@ use burn::tensor::{
     DType, Distribution, Int, Tensor, TensorData,
 };
 
-use crate::model::{DiffusionLm, ModelConfig};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::data::{Task, TaskSource};
+use crate::grpo::{AdvantageStats, IterationStats, Rewards, TrainConfig, Trainer};
+use crate::model::{byte_level_tokenizer, DiffusionLm, ModelConfig};
+use crate::rollout::RolloutBatch;
+use crate::Result;
 
 /// Median of a non-empty sample.
 pub fn median(mut v: Vec<f64>) -> f64 {
@@ -75,6 +83,8 @@ pub enum Phase {
     Optimizer,
     /// One forward-only (rollout) pass.
     Pass,
+    /// One whole GRPO update ([`grpo_update`]).
+    Update,
 }
 
 impl Phase {
@@ -85,6 +95,7 @@ impl Phase {
             Phase::Backward => "backward",
             Phase::Optimizer => "optimizer",
             Phase::Pass => "pass",
+            Phase::Update => "update",
         }
     }
 }
@@ -117,7 +128,7 @@ pub fn train_step_observed<B: AutodiffBackend>(
 ) -> TrainStepStats {
     let sync = || B::sync(device).expect("device sync");
     let t_init = Instant::now();
-    let mut model = DiffusionLm::<B>::init_with(config, device, 0, dtype);
+    let mut model = DiffusionLm::<B>::init_on_device(config, device, dtype);
     let mut optim = AdamWConfig::new()
         .with_beta_2(0.99)
         .with_weight_decay(0.1)
@@ -214,7 +225,7 @@ pub fn rollout_pass<B: Backend>(
     let cand = cand.clamp(1, seq);
     let sync = || B::sync(device).expect("device sync");
     let t_init = Instant::now();
-    let model = DiffusionLm::<B>::init_with(config, device, 0, dtype);
+    let model = DiffusionLm::<B>::init_on_device(config, device, dtype);
     let ids = Tensor::<B, 2, Int>::random(
         [rows, seq],
         Distribution::Uniform(0.0, config.vocab_size as f64),
@@ -269,6 +280,154 @@ pub fn rollout_pass<B: Backend>(
         cand,
         flops_per_pass: trunk + (rows * cand) as f64 * head,
     }
+}
+
+/// Timings of coupled-GRPO updates on synthetic rollouts (medians after one warm-up update).
+#[derive(Debug, Clone, Copy)]
+pub struct GrpoUpdateStats {
+    /// One whole [`Trainer::update`]: π_old/π_ref scoring, the μ scoring forwards with the
+    /// autodiff graph, backward, clipping and AdamW.
+    pub update_s: f64,
+    /// π_old and π_ref scoring (no graph).
+    pub old_ref_s: f64,
+    /// Scoring forwards with the graph, and the loss.
+    pub forward_s: f64,
+    pub backward_s: f64,
+    pub optimizer_s: f64,
+    /// The warm-up update, with one-off costs such as kernel compilation.
+    pub first_update_s: f64,
+    pub init_s: f64,
+    /// Sequences forwarded per update (every scoring pass of every row).
+    pub forward_passes: usize,
+    pub rows: usize,
+    /// Prompt + completion tokens of one row.
+    pub seq: usize,
+    /// The last update's loss.
+    pub loss: f64,
+}
+
+impl GrpoUpdateStats {
+    /// Scored tokens per second (every pass counts its whole sequence).
+    pub fn tokens_per_s(&self) -> f64 {
+        (self.forward_passes * self.seq) as f64 / self.update_s
+    }
+}
+
+/// Run `updates + 1` coupled-GRPO updates ([`Trainer::update`] with `train`'s estimator, loss
+/// and optimizer) of a random model of shape `model` on synthetic rollouts: `rows` rows of
+/// `prompt_len` prompt tokens (odd rows left-padded by an eighth) and `completion_len`
+/// completion tokens, with advantages ±1. This is the training half of a round at real
+/// shapes, without rollouts or rewards.
+#[allow(clippy::too_many_arguments)]
+pub fn grpo_update<B: AutodiffBackend>(
+    model: &ModelConfig,
+    train: TrainConfig,
+    rows: usize,
+    prompt_len: usize,
+    completion_len: usize,
+    updates: usize,
+    dtype: DType,
+    device: &B::Device,
+    observe: Observer<'_>,
+) -> Result<GrpoUpdateStats> {
+    let t_init = Instant::now();
+    let policy = DiffusionLm::<B>::init_on_device(model, device, dtype);
+    let rollout = synthetic_rollout(model, rows, prompt_len.max(1), completion_len.max(1))?;
+    let task = Task {
+        id: "synthetic".into(),
+        question: String::new(),
+        tests: Vec::new(),
+        entry_point: None,
+        reference_solution: None,
+        source: TaskSource::Synthetic,
+    };
+    let mut trainer = Trainer::from_parts(
+        train,
+        policy,
+        byte_level_tokenizer()?, // the update never tokenizes
+        vec![task],
+        Rewards::Functions(Vec::new()),
+        device.clone(),
+    )?;
+    B::sync(device).map_err(|e| crate::Error::invalid("device", format!("{e:?}")))?;
+    let init_s = t_init.elapsed().as_secs_f64();
+    observe(0, Phase::Init, init_s);
+    let advantages: Vec<f32> = (0..rows)
+        .map(|r| if r % 2 == 0 { 1.0 } else { -1.0 })
+        .collect();
+    let adv_stats = AdvantageStats::default();
+    let mut samples: Vec<[f64; 5]> = Vec::new();
+    let (mut first, mut passes, mut loss) = (0.0, 0, 0.0);
+    for u in 0..=updates.max(1) {
+        let stats = trainer.update(u as u64, &rollout, &advantages, adv_stats)?;
+        let sum = |f: fn(&IterationStats) -> f64| stats.iterations.iter().map(f).sum();
+        let times = [
+            stats.old_ref_time + stats.update_time,
+            stats.old_ref_time,
+            sum(|i| i.forward_time),
+            sum(|i| i.backward_time),
+            sum(|i| i.optimizer_time),
+        ];
+        observe(u, Phase::Update, times[0]);
+        (passes, loss) = (stats.estimator_forward_passes, stats.loss);
+        if u == 0 {
+            first = times[0];
+        } else {
+            samples.push(times);
+        }
+    }
+    let column = |i: usize| median(samples.iter().map(|t| t[i]).collect());
+    Ok(GrpoUpdateStats {
+        update_s: column(0),
+        old_ref_s: column(1),
+        forward_s: column(2),
+        backward_s: column(3),
+        optimizer_s: column(4),
+        first_update_s: first,
+        init_s,
+        forward_passes: passes,
+        rows,
+        seq: prompt_len + completion_len,
+        loss,
+    })
+}
+
+/// Random prompt and completion tokens (never the mask token) for [`grpo_update`].
+fn synthetic_rollout(model: &ModelConfig, rows: usize, p: usize, k: usize) -> Result<RolloutBatch> {
+    let mask = model.mask_token()? as u64;
+    let pad = model.pad_token_id.unwrap_or(0);
+    let vocab = model.vocab_size as u64;
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let mut token = || loop {
+        let t = rng.random_range(0..vocab);
+        if t != mask {
+            return t as u32;
+        }
+    };
+    let padded = p / 8;
+    let mut prompt_ids = Vec::with_capacity(rows);
+    let mut prompt_mask = Vec::with_capacity(rows);
+    let mut completion_ids = Vec::with_capacity(rows);
+    for r in 0..rows {
+        let pads = if r % 2 == 1 { padded } else { 0 };
+        prompt_ids.push(
+            (0..p)
+                .map(|j| if j < pads { pad } else { token() })
+                .collect(),
+        );
+        prompt_mask.push((0..p).map(|j| u32::from(j >= pads)).collect());
+        completion_ids.push((0..k).map(|_| token()).collect());
+    }
+    Ok(RolloutBatch {
+        prompt_ids,
+        prompt_mask,
+        completion_ids,
+        completion_mask: vec![vec![1; k]; rows],
+        texts: vec![String::new(); rows],
+        group: (0..rows).collect(),
+        traces: None,
+        forward_passes: 0,
+    })
 }
 
 /// FLOP/s of `[m, k] x [k, n]` in `dtype` on `device` (median of `reps` after a warm-up).

@@ -10,7 +10,7 @@ use super::config::ModelConfig;
 use super::linear::Linear;
 use super::norm::RmsNorm;
 use super::rope::rope_tables;
-use super::weights::{Init, RandomSource, TensorSink, WeightSource};
+use super::weights::{DeviceRandomSource, Init, RandomSource, TensorSink, WeightSource};
 use crate::Result;
 
 /// Blocked attention logits get this additive bias (finite so bf16/f32 softmax never sees NaN).
@@ -39,6 +39,13 @@ impl<B: Backend> DiffusionLm<B> {
     /// Random init with a seed (host RNG: identical weights on every backend) and a dtype.
     pub fn init_with(config: &ModelConfig, device: &B::Device, seed: u64, dtype: DType) -> Self {
         let mut source = RandomSource::<B>::new(seed, device, dtype);
+        Self::from_source(config, &mut source).expect("a random source cannot fail")
+    }
+
+    /// Random init drawn by the device's own RNG (fast for large models on a GPU; the weights
+    /// differ between backends and runs). For benchmarks.
+    pub fn init_on_device(config: &ModelConfig, device: &B::Device, dtype: DType) -> Self {
+        let mut source = DeviceRandomSource::<B>::new(device, dtype);
         Self::from_source(config, &mut source).expect("a random source cannot fail")
     }
 

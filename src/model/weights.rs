@@ -71,6 +71,44 @@ impl<B: Backend> WeightSource<B> for RandomSource<'_, B> {
     }
 }
 
+/// Random initialisation drawn on the device itself (the backend's own RNG): fast for large
+/// models on a GPU, where the host RNG and upload of [`RandomSource`] take minutes, but not
+/// reproducible across backends. For benchmarks.
+pub struct DeviceRandomSource<'a, B: Backend> {
+    device: &'a B::Device,
+    dtype: DType,
+}
+
+impl<'a, B: Backend> DeviceRandomSource<'a, B> {
+    pub fn new(device: &'a B::Device, dtype: DType) -> Self {
+        Self { device, dtype }
+    }
+}
+
+impl<B: Backend> WeightSource<B> for DeviceRandomSource<'_, B> {
+    fn tensor<const D: usize>(
+        &mut self,
+        _key: &str,
+        shape: [usize; D],
+        init: Init,
+    ) -> Result<Tensor<B, D>> {
+        let t = match init {
+            Init::Zeros => Tensor::<B, D>::zeros(shape, self.device),
+            Init::Ones => Tensor::<B, D>::ones(shape, self.device),
+            Init::Normal(std) => Tensor::<B, D>::random(
+                shape,
+                burn::tensor::Distribution::Normal(0.0, std),
+                self.device,
+            ),
+        };
+        Ok(if self.dtype == DType::F32 {
+            t
+        } else {
+            t.cast(self.dtype)
+        })
+    }
+}
+
 /// Box–Muller normal sampler (avoids a rand_distr dependency for one distribution).
 fn rand_distr_normal(std: f32) -> impl Fn(&mut ChaCha8Rng) -> f32 {
     move |rng: &mut ChaCha8Rng| {

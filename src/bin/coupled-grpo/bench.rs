@@ -1,5 +1,6 @@
-//! `coupled-grpo bench train-step | rollout`: time the project's own model on CPU or CUDA, for
-//! comparison with the PyTorch twin `tools/torch_bench.py` (same shapes, same output lines).
+//! `coupled-grpo bench train-step | rollout | grpo-step`: time the project's own model on CPU or
+//! CUDA, for comparison with the PyTorch twin `tools/torch_bench.py` (same shapes, same output
+//! lines); `grpo-step` times a whole coupled-GRPO update (scoring passes, backward, AdamW).
 //!
 //! Progress goes to stderr as each phase ends (`[bench] step 0 forward 12.3 s ...`), and with
 //! `--watchdog N` a line every N seconds says which phase is running and how much CPU time the
@@ -13,8 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use burn::tensor::DType;
 use clap::{Args as ClapArgs, Subcommand};
+use coupled_grpo::grpo::TrainConfig;
 use coupled_grpo::model::ModelConfig;
-use coupled_grpo::perf::{self, Phase, RolloutStats, TrainStepStats};
+use coupled_grpo::perf::{self, GrpoUpdateStats, Phase, RolloutStats, TrainStepStats};
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -22,6 +24,11 @@ pub enum BenchCommand {
     TrainStep(TrainStepArgs),
     /// Forward-only denoising passes at fixed shapes (the rollout's hot loop).
     Rollout(RolloutArgs),
+    /// Whole coupled-GRPO updates on synthetic rollouts: π_old/π_ref scoring, the estimator's
+    /// scoring passes with the graph, backward, clipping and AdamW (with f32 master weights
+    /// for bf16 unless `--set optimizer.master_weights=false`). `--batch` is the rows, `--seq`
+    /// prompt + completion.
+    GrpoStep(GrpoStepArgs),
 }
 
 #[derive(ClapArgs)]
@@ -58,6 +65,23 @@ pub struct TrainStepArgs {
 }
 
 #[derive(ClapArgs)]
+pub struct GrpoStepArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Completion tokens per row (the rest of `--seq` is prompt).
+    #[arg(long, default_value_t = 256)]
+    completion_len: usize,
+    /// Training-config overrides, `section.key=value` (as `train --set`), e.g.
+    /// `grpo.num_iterations=2`, `grpo.beta=0`, `estimator.kind=d1`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Burn's balanced checkpointing: recompute memory-bound (element-wise) results in the
+    /// backward pass instead of keeping them.
+    #[arg(long)]
+    checkpointing: bool,
+}
+
+#[derive(ClapArgs)]
 pub struct RolloutArgs {
     #[command(flatten)]
     common: CommonArgs,
@@ -70,6 +94,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::TrainStep(args) => train_step(args),
         BenchCommand::Rollout(args) => rollout(args),
+        BenchCommand::GrpoStep(args) => grpo_step(args),
     }
 }
 
@@ -92,7 +117,7 @@ struct Progress {
     peak_reserved: AtomicUsize,
 }
 
-const PHASES: [&str; 5] = ["init", "forward", "backward", "optimizer", "pass"];
+const PHASES: [&str; 6] = ["init", "forward", "backward", "optimizer", "pass", "update"];
 
 impl Progress {
     fn new(cuda: bool) -> Arc<Self> {
@@ -129,7 +154,7 @@ impl Progress {
             phase.name(),
             seconds
         );
-        let step = if matches!(phase, Phase::Optimizer | Phase::Pass) {
+        let step = if matches!(phase, Phase::Optimizer | Phase::Pass | Phase::Update) {
             step + 1
         } else {
             step
@@ -238,7 +263,7 @@ fn train_step(args: TrainStepArgs) -> anyhow::Result<()> {
         let next = match phase {
             Phase::Init | Phase::Optimizer => Phase::Forward,
             Phase::Forward => Phase::Backward,
-            Phase::Backward | Phase::Pass => Phase::Optimizer,
+            Phase::Backward | Phase::Pass | Phase::Update => Phase::Optimizer,
         };
         p.ended(step, phase, s, next);
     };
@@ -301,6 +326,89 @@ fn rollout(args: RolloutArgs) -> anyhow::Result<()> {
     print_rollout(&stats);
     print_memory(&progress);
     Ok(())
+}
+
+fn grpo_step(args: GrpoStepArgs) -> anyhow::Result<()> {
+    let c = &args.common;
+    let config = ModelConfig::preset(&c.preset)?;
+    if args.completion_len == 0 || args.completion_len >= c.seq {
+        bail!(
+            "--completion-len must be in 1..{} (--seq is prompt + completion)",
+            c.seq
+        );
+    }
+    let train = TrainConfig::from_toml_str("", &args.overrides, None)?;
+    let what = if args.checkpointing {
+        "grpo-step (balanced checkpointing)"
+    } else {
+        "grpo-step"
+    };
+    let progress = prepare(c, what, &config)?;
+    println!(
+        "estimator {}, num_iterations {}, beta {}, master weights {}",
+        train.estimator.kind.name(),
+        train.grpo.num_iterations,
+        train.grpo.beta,
+        train.optimizer.master_weights
+    );
+    let p = progress.clone();
+    let mut observe =
+        move |step: usize, phase: Phase, s: f64| p.ended(step, phase, s, Phase::Update);
+    macro_rules! go {
+        ($b:ty) => {
+            perf::grpo_update::<$b>(
+                &config,
+                train,
+                c.batch,
+                c.seq - args.completion_len,
+                args.completion_len,
+                c.steps,
+                dtype(&c.dtype),
+                &Default::default(),
+                &mut observe,
+            )?
+        };
+    }
+    use coupled_grpo::backend as be;
+    let stats = match (c.backend.as_str(), args.checkpointing) {
+        ("cpu", false) => go!(be::CpuAutodiff),
+        ("cpu", true) => go!(be::CpuAutodiffCheckpointed),
+        #[cfg(feature = "cuda")]
+        ("cuda", false) => go!(be::CudaAutodiff),
+        #[cfg(feature = "cuda")]
+        ("cuda", true) => go!(be::CudaAutodiffCheckpointed),
+        #[cfg(feature = "cuda")]
+        ("cuda-unfused", false) => go!(be::CudaUnfusedAutodiff),
+        #[cfg(feature = "cuda")]
+        ("cuda-unfused", true) => go!(be::CudaUnfusedAutodiffCheckpointed),
+        (other, _) => bail!("backend `{other}` is not compiled in (build with --features cuda)"),
+    };
+    progress.done.store(true, Ordering::Relaxed);
+    print_grpo(&stats);
+    print_memory(&progress);
+    Ok(())
+}
+
+fn print_grpo(s: &GrpoUpdateStats) {
+    println!(
+        "grpo update: {} rows x {} tokens, {} scoring passes per update",
+        s.rows, s.seq, s.forward_passes
+    );
+    println!("init: {:.2} s", s.init_s);
+    println!(
+        "first update (warm-up, incl. compilation): {:.2} s",
+        s.first_update_s
+    );
+    println!(
+        "update: {:.1} ms (old/ref scoring {:.1} + scoring fwd {:.1} + bwd {:.1} + clip/AdamW {:.1}), loss {:.4}",
+        s.update_s * 1e3,
+        s.old_ref_s * 1e3,
+        s.forward_s * 1e3,
+        s.backward_s * 1e3,
+        s.optimizer_s * 1e3,
+        s.loss
+    );
+    println!("scored tokens/s: {:.0}", s.tokens_per_s());
 }
 
 fn print_train(s: &TrainStepStats) {
