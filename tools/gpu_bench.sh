@@ -8,9 +8,10 @@
 # qwen2.5-0.5b, batch 4, seq 512, backend cuda. Every command runs under `timeout` (TIMEOUT,
 # default 300 s) and prints progress to stderr as it goes, so a cut-off run still shows where it
 # was. KERNEL_CACHE (default /tmp/coupled-grpo-kernels) keeps compiled kernels between runs.
-# GRPO7B=1 adds the issue-7 micro-step: one coupled-GRPO update of the diffucoder-7b shape in bf16
-# (f32 master weights, balanced checkpointing, 1 row of 512 + 256 tokens, μ = 1, β = 0), after
-# the comparisons.
+# GRPO7B=1 adds the issue-7 micro-step after the comparisons: one coupled-GRPO update of the
+# diffucoder-7b shape in bf16 (balanced checkpointing, 1 row of 512 + 256 tokens, μ = 1, β = 0),
+# first with bf16 Adam state (about 8 bytes per parameter: 61 GB), then with f32 master weights
+# (about 16 bytes per parameter: 122 GB before activations, which may not fit in 141 GB).
 set -u
 BIN=${1:?usage: tools/gpu_bench.sh BIN [PRESET] [BATCH] [SEQ] [BACKEND]}
 PRESET=${2:-qwen2.5-0.5b}
@@ -52,8 +53,10 @@ ratio "train step" "$(ms torch_train step)" "$(ms burn_train step)"
 ratio "rollout pass" "$(ms torch_roll pass)" "$(ms burn_roll pass)"
 
 if [ "${GRPO7B:-0}" = 1 ]; then
-  step "burn grpo-step diffucoder-7b" burn_grpo7b "$BIN" bench grpo-step --preset diffucoder-7b \
-    --batch 1 --seq 768 --completion-len 256 --steps 1 --dtype bf16 --backend "$BACKEND" \
-    --checkpointing --set grpo.num_iterations=1 --set grpo.beta=0 \
-    --watchdog 15 --kernel-cache "$CACHE"
+  for master in false true; do
+    step "burn grpo-step diffucoder-7b, master weights $master" "burn_grpo7b_$master" "$BIN" bench \
+      grpo-step --preset diffucoder-7b --batch 1 --seq 768 --completion-len 256 --steps 1 \
+      --dtype bf16 --backend "$BACKEND" --checkpointing --set grpo.num_iterations=1 \
+      --set grpo.beta=0 --set optimizer.master_weights=$master --watchdog 15 --kernel-cache "$CACHE"
+  done
 fi
