@@ -316,7 +316,7 @@ impl GrpoUpdateStats {
 /// Run `updates + 1` coupled-GRPO updates ([`Trainer::update`] with `train`'s estimator, loss
 /// and optimizer) of a random model of shape `model` on synthetic rollouts: `rows` rows of
 /// `prompt_len` prompt tokens (odd rows left-padded by an eighth) and `completion_len`
-/// completion tokens, with advantages ±1. This is the training half of a round at real
+/// completion tokens (each at least 1), with advantages ±1. This is the training half of a round at real
 /// shapes, without rollouts or rewards.
 #[allow(clippy::too_many_arguments)]
 pub fn grpo_update<B: AutodiffBackend>(
@@ -330,9 +330,10 @@ pub fn grpo_update<B: AutodiffBackend>(
     device: &B::Device,
     observe: Observer<'_>,
 ) -> Result<GrpoUpdateStats> {
+    let (p, k) = (prompt_len.max(1), completion_len.max(1));
     let t_init = Instant::now();
     let policy = DiffusionLm::<B>::init_on_device(model, device, dtype);
-    let rollout = synthetic_rollout(model, rows, prompt_len.max(1), completion_len.max(1))?;
+    let rollout = synthetic_rollout(model, rows, p, k)?;
     let task = Task {
         id: "synthetic".into(),
         question: String::new(),
@@ -387,7 +388,7 @@ pub fn grpo_update<B: AutodiffBackend>(
         init_s,
         forward_passes: passes,
         rows,
-        seq: prompt_len + completion_len,
+        seq: p + k,
         loss,
     })
 }

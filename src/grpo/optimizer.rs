@@ -56,7 +56,9 @@ pub struct OptimizerConfig {
     /// Floor of the cosine as a fraction of `lr`.
     pub min_lr_ratio: f64,
     /// Keep f32 master weights (and f32 Adam moments) for bf16 parameters; without them bf16
-    /// rounds small updates away. No effect on f32 parameters.
+    /// rounds small updates away. No effect on f32 parameters. Costs memory: parameters plus
+    /// Adam state take 14 bytes per parameter instead of 6 (bf16 weights and moments), and the
+    /// gradients are cast to f32 for the step (a 7B model: 106 GB instead of 46).
     pub master_weights: bool,
 }
 
@@ -492,6 +494,14 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for SaveState<B> {
     }
 }
 
+/// The little-endian f32 values of a safetensors view (the caller checked the dtype).
+fn f32_values(view: &safetensors::tensor::TensorView<'_>) -> Vec<f32> {
+    view.data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
 /// Adds `{i}.master` (f32) for every parameter `i` of the master copy.
 struct SaveMaster<'a> {
     index: usize,
@@ -522,13 +532,8 @@ impl<B: AutodiffBackend> ModuleMapper<B> for LoadMaster<'_, B> {
         let shape = tensor.dims().to_vec();
         let loaded = match self.file.tensor(&key) {
             Ok(view) if view.shape() == shape && view.dtype() == safetensors::Dtype::F32 => {
-                let values: Vec<f32> = view
-                    .data()
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect();
                 Some(Tensor::<B, D>::from_data(
-                    TensorData::new(values, shape.clone()),
+                    TensorData::new(f32_values(&view), shape.clone()),
                     &tensor.device(),
                 ))
             }
@@ -578,13 +583,8 @@ impl<B: AutodiffBackend> LoadState<'_, B> {
                 view.dtype()
             ));
         }
-        let values: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
         Ok(Tensor::from_data(
-            TensorData::new(values, shape.to_vec()),
+            TensorData::new(f32_values(&view), shape.to_vec()),
             &self.device,
         ))
     }
