@@ -10,16 +10,7 @@
 use burn::tensor::DType;
 use coupled_grpo::backend::{Cpu, CpuAutodiff};
 use coupled_grpo::model::ModelConfig;
-use coupled_grpo::perf::{matmul_flops, train_step};
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use coupled_grpo::perf::{arg, matmul_flops, train_step};
 
 fn main() {
     let batch = arg("--batch", 8);

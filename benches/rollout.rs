@@ -33,31 +33,14 @@ use coupled_grpo::model::{
     byte_level_tokenizer, left_pad, save_pretrained, shift_logits, DiffusionLm, ModelConfig,
     SaveDtype, Tokenizer,
 };
+use coupled_grpo::perf::{arg, flag, median};
 use coupled_grpo::rollout::sampling::{sample_tokens, Confidence, SampleParams};
 use coupled_grpo::rollout::{decode, generate, Alg, RolloutConfig};
 use rand::{Rng, SeedableRng};
 
-fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn flag(name: &str) -> bool {
-    std::env::args().any(|a| a == name)
-}
-
 /// Least of several timings: the least disturbed by other processes on a shared machine.
 fn fastest(v: Vec<f64>) -> f64 {
     v.into_iter().fold(f64::INFINITY, f64::min)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }
 
 struct Timing {

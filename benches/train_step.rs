@@ -22,21 +22,8 @@ use coupled_grpo::grpo::{Rewards, StepStats, TrainConfig, Trainer, WeightedRewar
 use coupled_grpo::model::{
     byte_level_tokenizer, vendored_qwen_tokenizer, DiffusionLm, ModelConfig, Tokenizer,
 };
+use coupled_grpo::perf::{arg, median};
 use coupled_grpo::reward::RewardFn;
-
-fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
 
 /// A sandbox-free reward (completion length), so the bench runs where the sandbox cannot.
 struct Length;

@@ -20,6 +20,22 @@ use crate::model::{byte_level_tokenizer, DiffusionLm, ModelConfig};
 use crate::rollout::RolloutBatch;
 use crate::Result;
 
+/// `--name VALUE` from the process arguments, parsed, else `default` (the benches' flags: a
+/// `cargo bench` target gets its own arguments after `--`).
+pub fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Whether the bare flag `name` is among the process arguments.
+pub fn flag(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
+}
+
 /// Median of a non-empty sample.
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
