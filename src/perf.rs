@@ -332,8 +332,8 @@ impl GrpoUpdateStats {
 /// Run `updates + 1` coupled-GRPO updates ([`Trainer::update`] with `train`'s estimator, loss
 /// and optimizer) of a random model of shape `model` on synthetic rollouts: `rows` rows of
 /// `prompt_len` prompt tokens (odd rows left-padded by an eighth) and `completion_len`
-/// completion tokens (each at least 1), with advantages ±1. This is the training half of a round at real
-/// shapes, without rollouts or rewards.
+/// completion tokens (each at least 1), with advantages ±1. This is the training half of a
+/// round at real shapes, without rollouts or rewards.
 #[allow(clippy::too_many_arguments)]
 pub fn grpo_update<B: AutodiffBackend>(
     model: &ModelConfig,

@@ -339,22 +339,41 @@ fn cast_grads<B: AutodiffBackend>(
     grads: GradientsParams,
     dtype: DType,
 ) -> GradientsParams {
-    struct Cast<B: AutodiffBackend> {
+    map_grads(model, grads, GradOp::Cast(dtype))
+}
+
+/// What [`map_grads`] does to each gradient.
+#[derive(Clone, Copy)]
+enum GradOp {
+    Scale(f64),
+    Cast(DType),
+}
+
+/// Replace every gradient of `model`'s parameters by `op` of it.
+fn map_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    grads: GradientsParams,
+    op: GradOp,
+) -> GradientsParams {
+    struct Map<B: AutodiffBackend> {
         grads: GradientsParams,
-        dtype: DType,
+        op: GradOp,
         _b: std::marker::PhantomData<B>,
     }
-    impl<B: AutodiffBackend> ModuleVisitor<B> for Cast<B> {
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Map<B> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
-                self.grads
-                    .register::<B::InnerBackend, D>(param.id, g.cast(self.dtype));
+                let g = match self.op {
+                    GradOp::Scale(factor) => g.mul_scalar(factor),
+                    GradOp::Cast(dtype) => g.cast(dtype),
+                };
+                self.grads.register::<B::InnerBackend, D>(param.id, g);
             }
         }
     }
-    let mut v = Cast::<B> {
+    let mut v = Map::<B> {
         grads,
-        dtype,
+        op,
         _b: std::marker::PhantomData,
     };
     model.visit(&mut v);
@@ -399,26 +418,7 @@ pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
     grads: GradientsParams,
     factor: f64,
 ) -> GradientsParams {
-    struct Scale<B: AutodiffBackend> {
-        grads: GradientsParams,
-        factor: f64,
-        _b: std::marker::PhantomData<B>,
-    }
-    impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<B> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
-                self.grads
-                    .register::<B::InnerBackend, D>(param.id, g.mul_scalar(self.factor));
-            }
-        }
-    }
-    let mut v = Scale::<B> {
-        grads,
-        factor,
-        _b: std::marker::PhantomData,
-    };
-    model.visit(&mut v);
-    v.grads
+    map_grads(model, grads, GradOp::Scale(factor))
 }
 
 /// Split gradients into (rank ≥ 2: weight decay, rank 1: none).

@@ -101,11 +101,7 @@ impl<B: Backend> WeightSource<B> for DeviceRandomSource<'_, B> {
                 self.device,
             ),
         };
-        Ok(if self.dtype == DType::F32 {
-            t
-        } else {
-            t.cast(self.dtype)
-        })
+        Ok(in_dtype(t, self.dtype))
     }
 }
 
@@ -124,7 +120,14 @@ fn to_tensor<B: Backend, const D: usize>(
     device: &B::Device,
     dtype: DType,
 ) -> Tensor<B, D> {
-    let t = Tensor::<B, D>::from_data(TensorData::new(values, shape), device);
+    in_dtype(
+        Tensor::<B, D>::from_data(TensorData::new(values, shape), device),
+        dtype,
+    )
+}
+
+/// An f32 tensor in `dtype` (no cast op when it already is f32).
+fn in_dtype<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
     if dtype == DType::F32 {
         t
     } else {
