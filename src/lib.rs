@@ -14,6 +14,7 @@
 //! | [`grpo`] | advantages, clipped loss with k3 KL, optimizer/schedule, reference sync, trainer, checkpoints |
 //! | [`eval`] | pass@k of a model on tasks through the sandbox, AR-ness of its rollouts |
 //! | [`metrics`] | TRL-named metrics sink, pass@k |
+//! | [`cpu`] | vectorised kernels and host paths taken when the backend is flex (CPU): exp, SiLU·up, softmax, radix argsort |
 //! | [`perf`] | shared timing helpers for benches and `coupled-grpo bench` |
 //!
 //! Backends are chosen at the edge: the library is generic over `burn::tensor::backend::Backend`;
@@ -21,6 +22,7 @@
 //! feature adds burn-cuda ([`backend::Cuda`]).
 
 pub mod backend;
+pub mod cpu;
 pub mod data;
 pub mod error;
 pub mod estimator;

@@ -1,12 +1,13 @@
 //! Bidirectional grouped-query attention (Qwen2 projections: q/k/v with bias, o without).
 
 use burn::module::Module;
-use burn::tensor::{activation::softmax, backend::Backend, DType, Tensor};
+use burn::tensor::{backend::Backend, DType, Tensor};
 
 use super::config::ModelConfig;
 use super::linear::Linear;
 use super::rope::{apply_rope, Rope};
 use super::weights::{TensorSink, WeightSource};
+use crate::cpu::ops::softmax_last;
 use crate::Result;
 
 #[derive(Module, Debug)]
@@ -96,11 +97,7 @@ impl<B: Backend> Attention<B> {
         // query heads of one group are stacked along the sequence axis and share one K/V.
         let q = q.reshape([b, kv, rep * s, hd]);
         let scores = q.matmul(k.swap_dims(2, 3)).cast(DType::F32); // [b, kv, rep*s, s]
-        let scores = match bias {
-            Some(bias) => scores + bias,
-            None => scores,
-        };
-        let probs = softmax(scores, 3).cast(dtype);
+        let probs = softmax_last(scores, bias).cast(dtype);
         let out = probs.matmul(v); // [b, kv, rep*s, hd]
         let out = out
             .reshape([b, h, s, hd])

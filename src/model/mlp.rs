@@ -1,11 +1,12 @@
 //! SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`, no biases (Qwen2).
 
 use burn::module::Module;
-use burn::tensor::{activation::silu, backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, Tensor};
 
 use super::config::ModelConfig;
 use super::linear::Linear;
 use super::weights::{TensorSink, WeightSource};
+use crate::cpu::ops::silu_mul;
 use crate::Result;
 
 #[derive(Module, Debug)]
@@ -46,8 +47,9 @@ impl<B: Backend> Mlp<B> {
     /// # Shapes
     /// - x: `[batch, seq, hidden]` → `[batch, seq, hidden]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let gate = self.gate_proj.forward(x.clone());
         self.down_proj
-            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+            .forward(silu_mul(gate, self.up_proj.forward(x)))
     }
 
     pub fn save(&self, sink: &mut TensorSink, prefix: &str) {

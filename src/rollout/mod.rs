@@ -13,6 +13,7 @@
 pub mod ar_ness;
 pub mod config;
 pub mod decoder;
+pub mod host_sampling;
 pub mod sampling;
 pub mod schedule;
 pub mod trace;

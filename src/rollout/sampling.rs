@@ -1,11 +1,12 @@
 //! Dream's `sample_tokens` and the per-row choice of positions to reveal, batched on the device.
 //!
-//! Everything here is tensor code with no host reads. Random numbers come in as tensors drawn on
+//! The device path is tensor code with no host reads (the flex CPU backend samples on the host,
+//! where that is the same memory: [`super::host_sampling`]). Random numbers come in as tensors drawn on
 //! the host from a dedicated ChaCha stream per row (see `decoder`), so results do not depend on a
 //! backend's global RNG.
 
 use burn::tensor::activation::softmax;
-use burn::tensor::{backend::Backend, Bool, IndexingUpdateOp, Int, Tensor};
+use burn::tensor::{backend::Backend, Bool, IndexingUpdateOp, Int, Tensor, TensorData};
 use rand::Rng;
 
 use super::config::Alg;
@@ -82,12 +83,64 @@ pub struct Sampled<B: Backend> {
 /// - logits: `[rows, vocab]` f32
 /// - uniforms: `[rows, 1]` in `[0, 1)`, required when `temperature > 0`
 /// - returns confidence `[rows, 1]` and tokens `[rows, 1]`
+///
+/// On the flex CPU backend the rows are sampled on the host by
+/// [`super::host_sampling::sample_rows`] (same semantics, fused loops, O(vocab) sort); every
+/// other backend runs [`sample_tokens_on_device`].
 pub fn sample_tokens<B: Backend>(
     logits: Tensor<B, 2>,
     uniforms: Option<Tensor<B, 2>>,
     params: &SampleParams,
 ) -> Result<Sampled<B>> {
     let [rows, vocab] = logits.dims();
+    let uniforms = checked_uniforms(rows, vocab, uniforms, params)?;
+    let device = logits.device();
+    match crate::cpu::into_flex(logits) {
+        Ok(flex) => {
+            let uniforms =
+                match uniforms {
+                    Some(u) => Some(u.into_data().convert::<f32>().into_vec::<f32>().map_err(
+                        |e| Error::invalid("uniforms", format!("not readable as f32: {e:?}")),
+                    )?),
+                    None => None,
+                };
+            let (confidence, tokens) = super::host_sampling::sample_rows(
+                flex.storage::<f32>(),
+                vocab,
+                uniforms.as_deref(),
+                params,
+            );
+            Ok(Sampled {
+                confidence: Tensor::from_data(TensorData::new(confidence, [rows, 1]), &device),
+                tokens: Tensor::from_data(TensorData::new(tokens, [rows, 1]), &device),
+            })
+        }
+        Err(logits) => sample_on_device(logits, uniforms, params),
+    }
+}
+
+/// [`sample_tokens`] as tensor operations on the backend's device, whatever the backend (the
+/// path of CUDA; on flex, the reference the host sampler is tested against).
+pub fn sample_tokens_on_device<B: Backend>(
+    logits: Tensor<B, 2>,
+    uniforms: Option<Tensor<B, 2>>,
+    params: &SampleParams,
+) -> Result<Sampled<B>> {
+    let [rows, vocab] = logits.dims();
+    let uniforms = checked_uniforms(rows, vocab, uniforms, params)?;
+    sample_on_device(logits, uniforms, params)
+}
+
+/// The uniforms when sampling needs them, after checking every input against `[rows, vocab]`.
+fn checked_uniforms<B: Backend>(
+    rows: usize,
+    vocab: usize,
+    uniforms: Option<Tensor<B, 2>>,
+    params: &SampleParams,
+) -> Result<Option<Tensor<B, 2>>> {
+    if vocab == 0 {
+        return Err(Error::invalid("logits", "the vocabulary is empty"));
+    }
     if vocab < 2 && params.confidence == Confidence::Margin {
         return Err(Error::invalid(
             "logits",
@@ -112,6 +165,15 @@ pub fn sample_tokens<B: Backend>(
         }
         (false, _) => None,
     };
+    Ok(uniforms)
+}
+
+fn sample_on_device<B: Backend>(
+    logits: Tensor<B, 2>,
+    uniforms: Option<Tensor<B, 2>>,
+    params: &SampleParams,
+) -> Result<Sampled<B>> {
+    let [rows, vocab] = logits.dims();
     let logits = if params.temperature > 0.0 {
         logits.div_scalar(params.temperature)
     } else {
@@ -246,8 +308,16 @@ mod tests {
     use super::*;
     use crate::backend::Cpu;
     use burn::tensor::TensorData;
+    use rand::Rng;
 
     type T2 = Tensor<Cpu, 2>;
+
+    type Sampler = fn(T2, Option<T2>, &SampleParams) -> Result<Sampled<Cpu>>;
+    /// Every test runs on the host sampler (flex's path) and on the tensor path (CUDA's).
+    const SAMPLERS: [(&str, Sampler); 2] = [
+        ("host", sample_tokens::<Cpu>),
+        ("device", sample_tokens_on_device::<Cpu>),
+    ];
 
     fn t2(rows: &[&[f32]]) -> T2 {
         let v = rows[0].len();
@@ -329,146 +399,215 @@ mod tests {
 
     #[test]
     fn argmax_and_confidences_at_temperature_zero() {
-        let logits = [1.0f32, 3.0, 2.0, -1.0];
-        let p = reference_probs(&logits, 0.0, None, None);
-        for (mode, want) in [
-            (Confidence::Probability, p[1]),
-            (Confidence::Margin, p[1] - p[2]),
-            (
-                Confidence::NegEntropy,
-                p.iter().map(|&q| q * (q + 1e-10).ln()).sum(),
-            ),
-        ] {
-            let s = sample_tokens(t2(&[&logits]), None, &params(0.0, None, None, mode)).unwrap();
-            assert_eq!(ints(s.tokens), vec![1]);
-            let got = floats(s.confidence)[0] as f64;
-            assert!((got - want).abs() < 1e-6, "{mode:?}: {got} vs {want}");
+        for (name, sample) in SAMPLERS {
+            let logits = [1.0f32, 3.0, 2.0, -1.0];
+            let p = reference_probs(&logits, 0.0, None, None);
+            for (mode, want) in [
+                (Confidence::Probability, p[1]),
+                (Confidence::Margin, p[1] - p[2]),
+                (
+                    Confidence::NegEntropy,
+                    p.iter().map(|&q| q * (q + 1e-10).ln()).sum(),
+                ),
+            ] {
+                let s = sample(t2(&[&logits]), None, &params(0.0, None, None, mode)).unwrap();
+                assert_eq!(ints(s.tokens), vec![1], "{name}");
+                let got = floats(s.confidence)[0] as f64;
+                assert!(
+                    (got - want).abs() < 1e-6,
+                    "{name} {mode:?}: {got} vs {want}"
+                );
+            }
         }
     }
 
     #[test]
     fn top_p_keeps_the_top1_and_renormalises() {
-        // softmax(logits): the top token holds 0.83 of the mass, so top-p 0.5 keeps only it
-        // (probability 1, entropy 0); larger top-p keep more and renormalise.
-        let logits = [0.0f32, 4.0, 1.0, 2.0];
-        let s = sample_tokens(
-            t2(&[&logits]),
-            None,
-            &params(0.0, Some(0.5), None, Confidence::NegEntropy),
-        )
-        .unwrap();
-        assert_eq!(ints(s.tokens), vec![1]);
-        assert!(floats(s.confidence)[0].abs() < 1e-6);
-        for top_p in [0.3f32, 0.85, 0.9, 0.97, 0.999] {
-            // Dream does not divide by a zero temperature: the untempered distribution is filtered.
-            let want = reference_probs(&logits, 0.0, Some(top_p), None);
-            let s = sample_tokens(
+        for (name, sample) in SAMPLERS {
+            // softmax(logits): the top token holds 0.83 of the mass, so top-p 0.5 keeps only it
+            // (probability 1, entropy 0); larger top-p keep more and renormalise.
+            let logits = [0.0f32, 4.0, 1.0, 2.0];
+            let s = sample(
                 t2(&[&logits]),
                 None,
-                &params(0.0, Some(top_p), None, Confidence::Probability),
+                &params(0.0, Some(0.5), None, Confidence::NegEntropy),
             )
             .unwrap();
-            let got = floats(s.confidence)[0] as f64;
-            assert!(
-                (got - want[1]).abs() < 1e-6,
-                "top_p {top_p}: {got} vs {}",
-                want[1]
+            assert_eq!(ints(s.tokens), vec![1], "{name}");
+            assert!(floats(s.confidence)[0].abs() < 1e-6, "{name}");
+            for top_p in [0.3f32, 0.85, 0.9, 0.97, 0.999] {
+                // Dream does not divide by a zero temperature: the untempered distribution is filtered.
+                let want = reference_probs(&logits, 0.0, Some(top_p), None);
+                let s = sample(
+                    t2(&[&logits]),
+                    None,
+                    &params(0.0, Some(top_p), None, Confidence::Probability),
+                )
+                .unwrap();
+                let got = floats(s.confidence)[0] as f64;
+                assert!(
+                    (got - want[1]).abs() < 1e-6,
+                    "{name} top_p {top_p}: {got} vs {}",
+                    want[1]
+                );
+            }
+            let kept = |p: f32| {
+                reference_probs(&logits, 0.0, Some(p), None)
+                    .iter()
+                    .filter(|&&q| q > 0.0)
+                    .count()
+            };
+            assert_eq!(
+                (kept(0.5), kept(0.85), kept(0.95), kept(0.999)),
+                (1, 2, 3, 4)
             );
         }
-        let kept = |p: f32| {
-            reference_probs(&logits, 0.0, Some(p), None)
-                .iter()
-                .filter(|&&q| q > 0.0)
-                .count()
-        };
-        assert_eq!(
-            (kept(0.5), kept(0.85), kept(0.95), kept(0.999)),
-            (1, 2, 3, 4)
-        );
     }
 
     #[test]
     fn top_k_keeps_ties_and_applies_after_top_p() {
-        let logits = [1.0f32, 3.0, 2.0, 2.0, -1.0];
-        // top-k 2 keeps 3.0 and both 2.0s (ties at the k-th value).
-        let want = reference_probs(&logits, 0.0, None, Some(2));
-        assert!(want[2] > 0.0 && want[3] > 0.0 && want[0] == 0.0);
-        let s = sample_tokens(
-            t2(&[&logits]),
-            None,
-            &params(0.0, None, Some(2), Confidence::NegEntropy),
-        )
-        .unwrap();
-        let h: f64 = want.iter().map(|&q| q * (q + 1e-10).ln()).sum();
-        assert!((floats(s.confidence)[0] as f64 - h).abs() < 1e-5);
+        for (name, sample) in SAMPLERS {
+            let logits = [1.0f32, 3.0, 2.0, 2.0, -1.0];
+            // top-k 2 keeps 3.0 and both 2.0s (ties at the k-th value).
+            let want = reference_probs(&logits, 0.0, None, Some(2));
+            assert!(want[2] > 0.0 && want[3] > 0.0 && want[0] == 0.0);
+            let s = sample(
+                t2(&[&logits]),
+                None,
+                &params(0.0, None, Some(2), Confidence::NegEntropy),
+            )
+            .unwrap();
+            let h: f64 = want.iter().map(|&q| q * (q + 1e-10).ln()).sum();
+            assert!((floats(s.confidence)[0] as f64 - h).abs() < 1e-5, "{name}");
+        }
     }
 
     #[test]
     fn inverse_cdf_sampling_follows_the_filtered_distribution() {
-        // Every uniform on a fine grid maps to a token; the counts must equal the probabilities.
-        let logits = [0.5f32, 2.0, 1.0, -3.0, 1.5];
-        for (top_p, top_k) in [
-            (None, None),
-            (Some(0.8), None),
-            (None, Some(3)),
-            (Some(0.95), Some(2)),
-        ] {
-            let want = reference_probs(&logits, 1.3, top_p, top_k);
-            let n = 20_000;
-            let rows: Vec<&[f32]> = (0..n).map(|_| &logits[..]).collect();
-            let u: Vec<f32> = (0..n).map(|i| (i as f32 + 0.5) / n as f32).collect();
-            let s = sample_tokens(
-                t2(&rows),
-                Some(col(&u)),
-                &params(1.3, top_p, top_k, Confidence::Probability),
-            )
-            .unwrap();
-            let toks = ints(s.tokens);
-            let confs = floats(s.confidence);
-            for (tok, &p) in want.iter().enumerate() {
-                let freq = toks.iter().filter(|&&t| t == tok as i64).count() as f64 / n as f64;
-                assert!(
-                    (freq - p).abs() < 2e-3,
-                    "{top_p:?}/{top_k:?} token {tok}: {freq} vs {p}"
-                );
-            }
-            for (t, c) in toks.iter().zip(&confs) {
-                assert!(
-                    (*c as f64 - want[*t as usize]).abs() < 1e-5,
-                    "confidence is the token's probability"
-                );
+        for (name, sample) in SAMPLERS {
+            // Every uniform on a fine grid maps to a token; the counts must equal the probabilities.
+            let logits = [0.5f32, 2.0, 1.0, -3.0, 1.5];
+            for (top_p, top_k) in [
+                (None, None),
+                (Some(0.8), None),
+                (None, Some(3)),
+                (Some(0.95), Some(2)),
+            ] {
+                let want = reference_probs(&logits, 1.3, top_p, top_k);
+                let n = 20_000;
+                let rows: Vec<&[f32]> = (0..n).map(|_| &logits[..]).collect();
+                let u: Vec<f32> = (0..n).map(|i| (i as f32 + 0.5) / n as f32).collect();
+                let s = sample(
+                    t2(&rows),
+                    Some(col(&u)),
+                    &params(1.3, top_p, top_k, Confidence::Probability),
+                )
+                .unwrap();
+                let toks = ints(s.tokens);
+                let confs = floats(s.confidence);
+                for (tok, &p) in want.iter().enumerate() {
+                    let freq = toks.iter().filter(|&&t| t == tok as i64).count() as f64 / n as f64;
+                    assert!(
+                        (freq - p).abs() < 2e-3,
+                        "{name} {top_p:?}/{top_k:?} token {tok}: {freq} vs {p}"
+                    );
+                }
+                for (t, c) in toks.iter().zip(&confs) {
+                    assert!(
+                        (*c as f64 - want[*t as usize]).abs() < 1e-5,
+                        "{name}: confidence is the token's probability"
+                    );
+                }
             }
         }
     }
 
     #[test]
     fn the_banned_token_is_never_drawn() {
-        let logits = [5.0f32, 0.0, 1.0];
-        let p = SampleParams {
-            banned_token: Some(0),
-            ..params(0.0, None, None, Confidence::Probability)
-        };
-        let s = sample_tokens(t2(&[&logits]), None, &p).unwrap();
-        assert_eq!(ints(s.tokens), vec![2]);
-        let u: Vec<f32> = (0..100).map(|i| i as f32 / 100.0).collect();
-        let rows: Vec<&[f32]> = (0..100).map(|_| &logits[..]).collect();
-        let p = SampleParams {
-            temperature: 0.5,
-            top_p: Some(0.9),
-            ..p
-        };
-        let s = sample_tokens(t2(&rows), Some(col(&u)), &p).unwrap();
-        assert!(ints(s.tokens).iter().all(|&t| t != 0));
+        for (name, sample) in SAMPLERS {
+            let logits = [5.0f32, 0.0, 1.0];
+            let p = SampleParams {
+                banned_token: Some(0),
+                ..params(0.0, None, None, Confidence::Probability)
+            };
+            let s = sample(t2(&[&logits]), None, &p).unwrap();
+            assert_eq!(ints(s.tokens), vec![2], "{name}");
+            let u: Vec<f32> = (0..100).map(|i| i as f32 / 100.0).collect();
+            let rows: Vec<&[f32]> = (0..100).map(|_| &logits[..]).collect();
+            let p = SampleParams {
+                temperature: 0.5,
+                top_p: Some(0.9),
+                ..p
+            };
+            let s = sample(t2(&rows), Some(col(&u)), &p).unwrap();
+            assert!(ints(s.tokens).iter().all(|&t| t != 0), "{name}");
+        }
     }
 
     #[test]
     fn sampling_needs_uniforms_at_positive_temperature() {
-        let e = sample_tokens(
-            t2(&[&[1.0, 2.0]]),
-            None,
-            &params(1.0, None, None, Confidence::Probability),
-        );
-        assert!(e.unwrap_err().to_string().contains("uniforms"));
+        for (name, sample) in SAMPLERS {
+            let e = sample(
+                t2(&[&[1.0, 2.0]]),
+                None,
+                &params(1.0, None, None, Confidence::Probability),
+            );
+            assert!(e.unwrap_err().to_string().contains("uniforms"), "{name}");
+        }
+    }
+
+    #[test]
+    fn host_and_device_samplers_agree_on_random_rows() {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let (rows, vocab) = (64, 300);
+        let logits: Vec<f32> = (0..rows * vocab)
+            .map(|_| rng.random_range(-4.0f32..4.0))
+            .collect();
+        let u: Vec<f32> = (0..rows).map(|_| rng.random::<f32>()).collect();
+        let t = || {
+            Tensor::<Cpu, 2>::from_data(
+                TensorData::new(logits.clone(), [rows, vocab]),
+                &Default::default(),
+            )
+        };
+        for temperature in [0.0f32, 1.2] {
+            for (top_p, top_k) in [
+                (None, None),
+                (Some(0.9), None),
+                (None, Some(20)),
+                (Some(0.95), Some(50)),
+            ] {
+                for confidence in [
+                    Confidence::Probability,
+                    Confidence::Margin,
+                    Confidence::NegEntropy,
+                ] {
+                    let p = SampleParams {
+                        banned_token: Some(7),
+                        ..params(temperature, top_p, top_k, confidence)
+                    };
+                    let uniforms = (temperature > 0.0).then(|| col(&u));
+                    let host = sample_tokens(t(), uniforms.clone(), &p).unwrap();
+                    let device = sample_tokens_on_device(t(), uniforms, &p).unwrap();
+                    let (ht, dt) = (ints(host.tokens), ints(device.tokens));
+                    let (hc, dc) = (floats(host.confidence), floats(device.confidence));
+                    // Different exp/summation orders may move a uniform across a CDF step only
+                    // when it lies within rounding of it: allow one such row of 64.
+                    let same = ht.iter().zip(&dt).filter(|(a, b)| a == b).count();
+                    assert!(same >= rows - 1, "{p:?}: {same}/{rows} tokens agree");
+                    for r in (0..rows).filter(|&r| ht[r] == dt[r]) {
+                        assert!(
+                            (hc[r] - dc[r]).abs() < 2e-5,
+                            "{p:?} row {r}: {} vs {}",
+                            hc[r],
+                            dc[r]
+                        );
+                    }
+                    assert!(ht.iter().all(|&t| t != 7), "{p:?}: banned token drawn");
+                }
+            }
+        }
     }
 
     #[test]
