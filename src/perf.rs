@@ -6,14 +6,12 @@ use std::time::Instant;
 
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{
-    activation::{log_softmax, softmax},
-    DType, Distribution, Int, Tensor, TensorData,
-};
+use burn::tensor::{activation::softmax, DType, Distribution, Int, Tensor, TensorData};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::cpu::ops::log_softmax_last;
 use crate::data::{Task, TaskSource};
 use crate::grpo::{AdvantageStats, IterationStats, Rewards, TrainConfig, Trainer};
 use crate::model::{byte_level_tokenizer, DiffusionLm, ModelConfig};
@@ -162,7 +160,7 @@ pub fn train_step_observed<B: AutodiffBackend>(
     for step in 0..=steps.max(1) {
         let t0 = Instant::now();
         let logits = model.forward(ids.clone(), None).cast(DType::F32);
-        let picked = log_softmax(logits, 2).gather(2, ids.clone().unsqueeze_dim::<3>(2));
+        let picked = log_softmax_last(logits).gather(2, ids.clone().unsqueeze_dim::<3>(2));
         let loss = picked.mean().neg();
         sync();
         let t1 = Instant::now();

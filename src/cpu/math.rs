@@ -111,6 +111,78 @@ pub fn silu_mul_inplace(gate: &mut [f32], up: &[f32]) {
     dispatch!(zip_map16(gate, up, |g, u| g / (1.0 + exp(-g)) * u))
 }
 
+/// Row-wise log-softmax of `x` viewed as `[x.len() / row_len, row_len]`:
+/// `x ← x − max − ln Σ e^(x − max)`.
+pub fn log_softmax_rows_inplace(x: &mut [f32], row_len: usize) {
+    debug_assert!(row_len > 0 && x.len().is_multiple_of(row_len));
+    dispatch!(for row in x.chunks_exact_mut(row_len) {
+        let m = max(row);
+        let mut acc = [0.0f32; 16];
+        let chunks = row.chunks_exact(16);
+        let tail: f32 = chunks.remainder().iter().map(|&v| exp(v - m)).sum();
+        for c in chunks {
+            for (a, &v) in acc.iter_mut().zip(c) {
+                *a += exp(v - m);
+            }
+        }
+        let shift = m + (acc.iter().sum::<f32>() + tail).ln();
+        row.iter_mut().for_each(|v| *v -= shift);
+    })
+}
+
+/// Log-softmax backward per row of `row_len`: `g ← g − e^lp · Σ_row g` (`g` holds the output
+/// gradient on entry, `lp` the log-softmax output).
+pub fn log_softmax_backward_rows(lp: &[f32], g: &mut [f32], row_len: usize) {
+    debug_assert!(lp.len() == g.len() && g.len().is_multiple_of(row_len));
+    dispatch!(
+        for (g, lp) in g.chunks_exact_mut(row_len).zip(lp.chunks_exact(row_len)) {
+            let total = sum(g);
+            g.iter_mut()
+                .zip(lp)
+                .for_each(|(g, &l)| *g -= exp(l) * total);
+        }
+    )
+}
+
+/// Gradients of `out = silu(g) · u`: `dg ← dout · u · σ(g)(1 + g(1 − σ(g)))` and
+/// `du ← dout · silu(g)`, where `dg` and `du` both hold `dout` on entry.
+pub fn silu_mul_backward(g: &[f32], u: &[f32], dg: &mut [f32], du: &mut [f32]) {
+    debug_assert!(g.len() == u.len() && g.len() == dg.len() && g.len() == du.len());
+    dispatch!(
+        for (((dg, du), &g), &u) in dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u) {
+            let s = 1.0 / (1.0 + exp(-g));
+            let d = *dg;
+            *dg = d * u * s * (1.0 + g * (1.0 - s));
+            *du = d * g * s;
+        }
+    )
+}
+
+/// Softmax backward per row of `row_len`: `g ← p ⊙ (g − Σ_row g ⊙ p)` (`g` holds the output
+/// gradient on entry, `p` the softmax output).
+pub fn softmax_backward_rows(p: &[f32], g: &mut [f32], row_len: usize) {
+    debug_assert!(p.len() == g.len() && g.len().is_multiple_of(row_len));
+    dispatch!(
+        for (g, p) in g.chunks_exact_mut(row_len).zip(p.chunks_exact(row_len)) {
+            let mut acc = [0.0f32; 16];
+            let (gc, pc) = (g.chunks_exact(16), p.chunks_exact(16));
+            let mut dot: f32 = gc
+                .remainder()
+                .iter()
+                .zip(pc.remainder())
+                .map(|(a, b)| a * b)
+                .sum();
+            for (a, b) in gc.zip(pc) {
+                for i in 0..16 {
+                    acc[i] += a[i] * b[i];
+                }
+            }
+            dot += acc.iter().sum::<f32>();
+            g.iter_mut().zip(p).for_each(|(g, &p)| *g = p * (*g - dot));
+        }
+    )
+}
+
 /// Sum with 16 independent accumulators (vectorisable; the order differs from a serial sum).
 #[inline(always)]
 fn sum(x: &[f32]) -> f32 {

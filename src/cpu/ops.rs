@@ -1,16 +1,19 @@
-//! Fused tensor ops for the model's hot spots: one vectorised pass on flex f32, Burn's own ops
-//! on every other backend or dtype (and under autodiff, which needs Burn's backward graph).
+//! Fused tensor ops for the model's hot spots: one vectorised pass on flex f32 (with a
+//! vectorised backward under autodiff over flex, [`super::autodiff`]), Burn's own ops on every
+//! other backend or dtype.
 
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::{log_softmax, silu, softmax};
 use burn::tensor::{backend::Backend, DType, Tensor};
+use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::math::{silu_mul_inplace, softmax_rows_inplace};
+use super::autodiff;
+use super::math::{log_softmax_rows_inplace, silu_mul_inplace, softmax_rows_inplace};
 use super::{from_flex, into_flex, is_flex};
 
 /// Elements per parallel task: big enough to amortise scheduling, small enough to split a
 /// layer's activations over the cores.
-const CHUNK: usize = 1 << 15;
+pub(super) const CHUNK: usize = 1 << 15;
 
 fn flex_f32<B: Backend, const D: usize>(tensors: &[&Tensor<B, D>]) -> bool {
     is_flex::<B>() && tensors.iter().all(|t| t.dtype() == DType::F32)
@@ -21,20 +24,22 @@ fn flex_f32<B: Backend, const D: usize>(tensors: &[&Tensor<B, D>]) -> bool {
 /// # Shapes
 /// - gate, up: the same shape → that shape
 pub fn silu_mul<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>) -> Tensor<B, D> {
-    if !flex_f32(&[&gate, &up]) || gate.dims() != up.dims() {
-        return silu(gate) * up;
+    if gate.dims() == up.dims() && flex_f32(&[&gate, &up]) {
+        let (Ok(g), Ok(u)) = (into_flex(gate), into_flex(up)) else {
+            unreachable!("flex f32 checked")
+        };
+        return from_flex(flex_silu_mul(g, u));
     }
-    let (Ok(mut g), Ok(u)) = (into_flex(gate), into_flex(up)) else {
-        unreachable!("flex f32 checked")
-    };
-    g.storage_mut::<f32>()
-        .par_chunks_mut(CHUNK)
-        .zip(u.storage::<f32>().par_chunks(CHUNK))
-        .for_each(|(g, u)| silu_mul_inplace(g, u));
-    from_flex(g)
+    if let Some(strategy) = autodiff::strategy::<B>() {
+        if gate.dims() == up.dims() && autodiff::inner_f32(&[&gate, &up]) {
+            return autodiff::silu_mul(strategy, gate, up);
+        }
+    }
+    silu(gate) * up
 }
 
-/// `softmax(scores + bias)` over the last dimension, the bias added in the same pass.
+/// `softmax(scores + bias)` over the last dimension (on flex inference the bias is added in the
+/// same pass).
 ///
 /// # Shapes
 /// - scores: `[..., n]`
@@ -44,27 +49,79 @@ pub fn softmax_last<B: Backend, const D: usize>(
     scores: Tensor<B, D>,
     bias: Option<Tensor<B, D>>,
 ) -> Tensor<B, D> {
-    let fast = flex_f32(&[&scores])
-        && bias
-            .as_ref()
-            .is_none_or(|b| flex_f32(&[b]) && b.dims() == scores.dims());
-    if !fast {
-        let scores = match bias {
-            Some(b) => scores + b,
-            None => scores,
-        };
-        return softmax(scores, D - 1);
-    }
     let row_len = scores.dims()[D - 1];
-    let Ok(mut s) = into_flex(scores) else {
-        unreachable!("flex f32 checked")
-    };
-    if row_len == 0 {
-        return from_flex(s);
+    let same = |b: &Tensor<B, D>| b.dims() == scores.dims() && flex_f32(&[b]);
+    if flex_f32(&[&scores]) && row_len > 0 && bias.as_ref().is_none_or(same) {
+        let Ok(s) = into_flex(scores) else {
+            unreachable!("flex f32 checked")
+        };
+        let bias = bias.map(|b| into_flex(b).unwrap_or_else(|_| unreachable!("flex f32 checked")));
+        return from_flex(flex_softmax_last(s, bias.as_ref(), row_len));
     }
+    let scores = match bias {
+        Some(b) => scores + b,
+        None => scores,
+    };
+    match autodiff::strategy::<B>() {
+        Some(strategy) if row_len > 0 && autodiff::inner_f32(&[&scores]) => {
+            autodiff::softmax_last(strategy, scores)
+        }
+        _ => softmax(scores, D - 1),
+    }
+}
+
+/// `log_softmax` over the last dimension (the loss's log-probabilities over the vocabulary).
+///
+/// # Shapes
+/// - x: `[..., n]` → the same shape
+pub fn log_softmax_last<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let row_len = x.dims()[D - 1];
+    if row_len == 0 {
+        return log_softmax(x, D - 1);
+    }
+    if flex_f32(&[&x]) {
+        let Ok(x) = into_flex(x) else {
+            unreachable!("flex f32 checked")
+        };
+        return from_flex(flex_log_softmax_last(x, row_len));
+    }
+    match autodiff::strategy::<B>() {
+        Some(strategy) if autodiff::inner_f32(&[&x]) => autodiff::log_softmax_last(strategy, x),
+        _ => log_softmax(x, D - 1),
+    }
+}
+
+/// Row log-softmax of a flex f32 tensor over its last dimension (`row_len`).
+pub(super) fn flex_log_softmax_last(x: FlexTensor, row_len: usize) -> FlexTensor {
+    let mut x = x.to_contiguous();
     let rows_per_task = CHUNK.div_ceil(row_len);
-    let bias = bias.map(|b| into_flex(b).unwrap_or_else(|_| unreachable!("flex f32 checked")));
+    x.storage_mut::<f32>()
+        .par_chunks_mut(rows_per_task * row_len)
+        .for_each(|x| log_softmax_rows_inplace(x, row_len));
+    x
+}
+
+/// `silu(g) · u` on flex f32 tensors of equal shapes (written into `g`'s buffer when unshared).
+pub(super) fn flex_silu_mul(g: FlexTensor, u: FlexTensor) -> FlexTensor {
+    let (mut g, u) = (g.to_contiguous(), u.to_contiguous());
+    g.storage_mut::<f32>()
+        .par_chunks_mut(CHUNK)
+        .zip(u.storage::<f32>().par_chunks(CHUNK))
+        .for_each(|(g, u)| silu_mul_inplace(g, u));
+    g
+}
+
+/// Row softmax of a flex f32 tensor over its last dimension (`row_len`), after adding `bias`
+/// (same shape) when given.
+pub(super) fn flex_softmax_last(
+    s: FlexTensor,
+    bias: Option<&FlexTensor>,
+    row_len: usize,
+) -> FlexTensor {
+    let mut s = s.to_contiguous();
+    let bias = bias.map(|b| b.to_contiguous());
     let bias = bias.as_ref().map(|b| b.storage::<f32>());
+    let rows_per_task = CHUNK.div_ceil(row_len);
     s.storage_mut::<f32>()
         .par_chunks_mut(rows_per_task * row_len)
         .enumerate()
@@ -72,7 +129,7 @@ pub fn softmax_last<B: Backend, const D: usize>(
             let start = i * rows_per_task * row_len;
             softmax_rows_inplace(x, bias.map(|b| &b[start..start + x.len()]), row_len)
         });
-    from_flex(s)
+    s
 }
 
 #[cfg(test)]
@@ -104,12 +161,74 @@ mod tests {
             .assert_approx_eq::<f32>(&want.into_data(), Tolerance::absolute(1e-6));
         softmax_last(scores.clone(), None)
             .into_data()
-            .assert_approx_eq::<f32>(&softmax(scores, 3).into_data(), Tolerance::absolute(1e-6));
+            .assert_approx_eq::<f32>(
+                &softmax(scores.clone(), 3).into_data(),
+                Tolerance::absolute(1e-6),
+            );
+        log_softmax_last(scores.clone())
+            .into_data()
+            .assert_approx_eq::<f32>(
+                &log_softmax(scores, 3).into_data(),
+                Tolerance::absolute(1e-5),
+            );
+    }
 
-        // Autodiff keeps Burn's ops (and their gradients).
-        let g = Tensor::<CpuAutodiff, 1>::from_floats([-2.0, 0.5, 3.0], &device).require_grad();
-        let u = Tensor::<CpuAutodiff, 1>::from_floats([1.0, 2.0, -1.0], &device);
-        let grads = silu_mul(g.clone(), u).sum().backward();
-        assert!(g.grad(&grads).is_some());
+    /// The fused ops' hand-written backward equals autodiff through Burn's composition.
+    fn gradients_match<B: burn::tensor::backend::AutodiffBackend>() {
+        let device = Default::default();
+        let rand = |shape: [usize; 3], std: f64| {
+            Tensor::<B, 3>::random(shape, Distribution::Normal(0.0, std), &device)
+        };
+        let close = |a: Tensor<B::InnerBackend, 3>, b: Tensor<B::InnerBackend, 3>| {
+            a.into_data()
+                .assert_approx_eq::<f32>(&b.into_data(), Tolerance::absolute(1e-5))
+        };
+        let (g, u, w) = (
+            rand([2, 9, 37], 3.0),
+            rand([2, 9, 37], 1.0),
+            rand([2, 9, 37], 1.0),
+        );
+        let grads_of = |fused: bool| {
+            let (g, u) = (g.clone().require_grad(), u.clone().require_grad());
+            let out = if fused {
+                silu_mul(g.clone(), u.clone())
+            } else {
+                silu(g.clone()) * u.clone()
+            };
+            let grads = (out * w.clone()).sum().backward();
+            (g.grad(&grads).unwrap(), u.grad(&grads).unwrap())
+        };
+        let ((fg, fu), (rg, ru)) = (grads_of(true), grads_of(false));
+        close(fg, rg);
+        close(fu, ru);
+
+        let (x, bias) = (rand([2, 9, 37], 2.0), rand([2, 9, 37], 1.0));
+        let grads_of = |fused: bool| {
+            let x = x.clone().require_grad();
+            let out = if fused {
+                softmax_last(x.clone(), Some(bias.clone()))
+            } else {
+                softmax(x.clone() + bias.clone(), 2)
+            };
+            x.grad(&(out * w.clone()).sum().backward()).unwrap()
+        };
+        close(grads_of(true), grads_of(false));
+
+        let grads_of = |fused: bool| {
+            let x = x.clone().require_grad();
+            let out = if fused {
+                log_softmax_last(x.clone())
+            } else {
+                log_softmax(x.clone(), 2)
+            };
+            x.grad(&(out * w.clone()).sum().backward()).unwrap()
+        };
+        close(grads_of(true), grads_of(false));
+    }
+
+    #[test]
+    fn fused_ops_have_burns_gradients_with_and_without_checkpointing() {
+        gradients_match::<CpuAutodiff>();
+        gradients_match::<crate::backend::CpuAutodiffCheckpointed>();
     }
 }

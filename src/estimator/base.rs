@@ -3,10 +3,10 @@
 
 use std::ops::Range;
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
 
 use super::masks::MaskSeed;
+use crate::cpu::ops::log_softmax_last;
 use crate::model::DiffusionLm;
 use crate::{Error, Result};
 
@@ -269,7 +269,7 @@ pub fn completion_log_probs<B: Backend>(
         let logits = model
             .logits_from_hidden(hidden.clone().slice([start..end, 0..k, 0..h]))
             .cast(DType::F32);
-        let lp = log_softmax(logits, 2);
+        let lp = log_softmax_last(logits);
         let idx = targets
             .clone()
             .slice([start..end, 0..k])
