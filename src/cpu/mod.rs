@@ -7,6 +7,7 @@
 //! inference: rollouts, evaluation) and the tensor untouched otherwise (CUDA, or autodiff while
 //! training), so every other backend keeps the generic path.
 
+pub mod attention;
 mod autodiff;
 pub mod math;
 pub mod ops;

@@ -7,6 +7,7 @@ use super::config::ModelConfig;
 use super::linear::Linear;
 use super::rope::{apply_rope, Rope};
 use super::weights::{TensorSink, WeightSource};
+use crate::cpu::attention;
 use crate::cpu::ops::softmax_last;
 use crate::Result;
 
@@ -64,39 +65,44 @@ impl<B: Backend> Attention<B> {
     /// # Shapes
     /// - x: `[batch, seq, hidden]`
     /// - rope: tables for `[batch, seq]` ([`super::rope::rope_tables`])
-    /// - bias: `[batch, kv_heads, rep · seq, seq]` additive f32 mask from [`expand_bias`]
-    ///   (0 = attend, large negative = blocked), or `None` for full attention
+    /// - bias: the padding bias ([`AttentionBias`]), or `None` for full attention
     /// - returns `[batch, seq, hidden]`
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
         rope: &Rope<B>,
-        bias: Option<Tensor<B, 4>>,
+        bias: Option<&AttentionBias<B>>,
     ) -> Tensor<B, 3> {
         let [b, s, _] = x.dims();
         let (h, kv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let rep = h / kv;
         let dtype = x.dtype();
 
-        // RoPE on the projections' own [b, s, heads, hd] layout (contiguous), then to
-        // head-major for the attention products.
+        // RoPE on the projections' own [b, s, heads, hd] layout (contiguous).
         let scale = (hd as f64).powf(-0.5);
         let r = || rope.rotate_half.clone();
         let q = self.q_proj.forward(x.clone()).reshape([b, s, h, hd]);
         let q = apply_rope(q, rope.cos_q.clone(), rope.sin_q.clone(), r()) * scale;
         let k = self.k_proj.forward(x.clone()).reshape([b, s, kv, hd]);
         let k = apply_rope(k, rope.cos_k.clone(), rope.sin_k.clone(), r());
-        let v = self
-            .v_proj
-            .forward(x)
-            .reshape([b, s, kv, hd])
-            .swap_dims(1, 2);
-        let (q, k) = (q.swap_dims(1, 2), k.swap_dims(1, 2));
+        let v = self.v_proj.forward(x).reshape([b, s, kv, hd]);
+        if attention::applies::<B>(dtype) {
+            let bias = bias.map(|bias| bias.per_sequence.clone());
+            return self
+                .o_proj
+                .forward(attention::grouped_attention(q, k, v, bias));
+        }
 
-        // GQA without copying K/V: query head i uses kv head i / rep (HF `repeat_kv`), so the rep
-        // query heads of one group are stacked along the sequence axis and share one K/V.
+        // Head-major for the attention products. GQA without copying K/V: query head i uses kv
+        // head i / rep (HF `repeat_kv`), so the rep query heads of one group are stacked along
+        // the sequence axis and share one K/V.
+        let (q, k, v) = (q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
         let q = q.reshape([b, kv, rep * s, hd]);
         let scores = q.matmul(k.swap_dims(2, 3)).cast(DType::F32); // [b, kv, rep*s, s]
+        let bias = bias.map(|bias| match &bias.grouped {
+            Some(grouped) => grouped.clone(),
+            None => expand_bias(bias.per_sequence.clone(), kv, rep),
+        });
         let probs = softmax_last(scores, bias).cast(dtype);
         let out = probs.matmul(v); // [b, kv, rep*s, hd]
         let out = out
@@ -114,9 +120,33 @@ impl<B: Backend> Attention<B> {
     }
 }
 
+/// The additive padding bias of one forward, in the layouts the two attention paths read: built
+/// once per forward, shared by every layer.
+#[derive(Debug, Clone)]
+pub struct AttentionBias<B: Backend> {
+    /// `[batch, 1, seq, seq]` f32 (0 = attend, large negative = blocked).
+    pub per_sequence: Tensor<B, 4>,
+    /// `[batch, kv_heads, rep · seq, seq]`: `per_sequence` laid out like the grouped scores of
+    /// the generic path (contiguous, so that every layer adds it on the CPU backend's SIMD path
+    /// instead of a strided broadcast loop); `None` where the fused flex path serves the model.
+    pub grouped: Option<Tensor<B, 4>>,
+}
+
+impl<B: Backend> AttentionBias<B> {
+    /// # Shapes
+    /// - per_sequence: `[batch, 1, seq, seq]`
+    pub fn new(per_sequence: Tensor<B, 4>, kv_heads: usize, rep: usize, dtype: DType) -> Self {
+        let grouped = (!attention::applies::<B>(dtype))
+            .then(|| expand_bias(per_sequence.clone(), kv_heads, rep));
+        Self {
+            per_sequence,
+            grouped,
+        }
+    }
+}
+
 /// The padding bias `[batch, 1, seq, seq]` laid out like the grouped scores,
-/// `[batch, kv_heads, rep · seq, seq]`, contiguous: built once per forward so that every layer
-/// adds it on the CPU backend's SIMD path instead of a strided broadcast loop.
+/// `[batch, kv_heads, rep · seq, seq]`, contiguous.
 pub fn expand_bias<B: Backend>(bias: Tensor<B, 4>, kv_heads: usize, rep: usize) -> Tensor<B, 4> {
     bias.repeat_dim(2, rep).repeat_dim(1, kv_heads)
 }

@@ -3,7 +3,7 @@
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor};
 
-use super::attention::Attention;
+use super::attention::{Attention, AttentionBias};
 use super::config::ModelConfig;
 use super::mlp::Mlp;
 use super::norm::RmsNorm;
@@ -50,7 +50,7 @@ impl<B: Backend> Block<B> {
         &self,
         x: Tensor<B, 3>,
         rope: &Rope<B>,
-        bias: Option<Tensor<B, 4>>,
+        bias: Option<&AttentionBias<B>>,
     ) -> Tensor<B, 3> {
         let x = x.clone()
             + self

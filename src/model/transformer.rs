@@ -4,7 +4,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, DType, Int, Tensor};
 
-use super::attention::expand_bias;
+use super::attention::AttentionBias;
 use super::block::Block;
 use super::config::ModelConfig;
 use super::linear::Linear;
@@ -142,10 +142,10 @@ impl<B: Backend> DiffusionLm<B> {
             c.rope_theta,
             self.dtype(),
         );
-        let bias = bias.map(|bias| expand_bias(bias, kv, heads / kv));
+        let bias = bias.map(|bias| AttentionBias::new(bias, kv, heads / kv, self.dtype()));
         let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), input_ids);
         for layer in &self.layers {
-            x = layer.forward(x, &rope, bias.clone());
+            x = layer.forward(x, &rope, bias.as_ref());
         }
         self.norm.forward(x)
     }
