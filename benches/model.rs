@@ -42,7 +42,7 @@ fn main() {
         (tokens, d, v),
         (tokens, d, d),
     ] {
-        let g = matmul_flops::<Cpu>(m, k, n, 5, DType::F32, &device) / 1e9;
+        let g = matmul_flops::<Cpu>(m, k, n, 20, DType::F32, &device) / 1e9;
         println!("matmul [{m}x{k}]x[{k}x{n}]: {g:.1} GFLOP/s");
         ceiling = ceiling.max(g);
     }

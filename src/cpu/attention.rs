@@ -11,12 +11,13 @@ use burn_flex::FlexTensor;
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::math::softmax_rows_inplace;
+use super::math::{softmax_backward_rows, softmax_rows_inplace};
 use super::{from_flex, into_flex, is_flex};
 
-/// Whether [`grouped_attention`] serves a model of this backend and dtype.
+/// Whether [`grouped_attention`] serves a model of this backend and dtype: f32 on flex, or on
+/// autodiff over flex (training).
 pub fn applies<B: Backend>(dtype: DType) -> bool {
-    is_flex::<B>() && dtype == DType::F32
+    dtype == DType::F32 && (is_flex::<B>() || super::autodiff::strategy::<B>().is_some())
 }
 
 /// A raw pointer that tasks writing disjoint parts of one buffer may share.
@@ -48,6 +49,9 @@ pub fn grouped_attention<B: Backend>(
     v: Tensor<B, 4>,
     bias: Option<Tensor<B, 4>>,
 ) -> Tensor<B, 3> {
+    if let Some(strategy) = super::autodiff::strategy::<B>() {
+        return super::autodiff::grouped_attention(strategy, q, k, v, bias);
+    }
     let [b, s, h, hd] = q.dims();
     let kv = k.dims()[2];
     let flex = |t: Tensor<B, 4>| -> FlexTensor {
@@ -55,16 +59,27 @@ pub fn grouped_attention<B: Backend>(
     };
     let (q, k, v) = (flex(q), flex(k), flex(v));
     let bias = bias.map(|t| flex(t.cast(DType::F32)));
+    from_flex(attend_flex(&q, &k, &v, bias.as_ref(), [b, s, h, kv, hd]))
+}
+
+/// [`attend`] on contiguous flex tensors; returns `[batch, seq, heads · head_dim]`.
+pub(super) fn attend_flex(
+    q: &FlexTensor,
+    k: &FlexTensor,
+    v: &FlexTensor,
+    bias: Option<&FlexTensor>,
+    [b, s, h, kv, hd]: [usize; 5],
+) -> FlexTensor {
     let mut out = FlexTensor::zeros([b, s, h * hd].into(), DType::F32);
     attend(
         q.storage::<f32>(),
         k.storage::<f32>(),
         v.storage::<f32>(),
-        bias.as_ref().map(|t| t.storage::<f32>()),
+        bias.map(|t| t.storage::<f32>()),
         out.storage_mut::<f32>(),
         [b, s, h, kv, hd],
     );
-    from_flex(out)
+    out
 }
 
 fn attend(
@@ -144,56 +159,265 @@ fn attend(
         });
 }
 
+/// Gradients of [`attend`] for `d_out` (`[batch, seq, heads · head_dim]`), written into `dq`
+/// (`[batch, seq, heads, head_dim]`), `dk` and `dv` (`[batch, seq, kv_heads, head_dim]`). The
+/// probabilities are recomputed per head instead of kept from the forward (two `seq²` buffers
+/// per thread, none per layer). No gradient flows to the bias (a constant mask).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attend_backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    bias: Option<&[f32]>,
+    d_out: &[f32],
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+    [b, s, h, kv, hd]: [usize; 5],
+) {
+    debug_assert!(q.len() == b * s * h * hd && d_out.len() == q.len() && dq.len() == q.len());
+    debug_assert!(k.len() == b * s * kv * hd && dk.len() == k.len() && dv.len() == k.len());
+    let rep = h / kv;
+    let (q_rs, kv_rs) = ((h * hd) as isize, (kv * hd) as isize);
+    let (dq_ptr, dk_ptr, dv_ptr) = (
+        SharedMut(dq.as_mut_ptr()),
+        SharedMut(dk.as_mut_ptr()),
+        SharedMut(dv.as_mut_ptr()),
+    );
+    // One task per (sequence, kv group): its rep heads accumulate into the group's dK and dV.
+    (0..b * kv).into_par_iter().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(p, dp): &mut (Vec<f32>, Vec<f32>), task| {
+            let (seq, group) = (task / kv, task % kv);
+            p.resize(s * s, 0.0);
+            dp.resize(s * s, 0.0);
+            let kv_off = seq * s * kv * hd + group * hd;
+            let (k, v) = (&k[kv_off..], &v[kv_off..]);
+            for (i, head) in (group * rep..(group + 1) * rep).enumerate() {
+                let q_off = seq * s * h * hd + head * hd;
+                let (q, d_o) = (&q[q_off..], &d_out[q_off..]);
+                let accumulate = i > 0;
+                // SAFETY: as in `attend`; this task alone writes dQ of its heads and dK/dV of its
+                // (sequence, group).
+                unsafe {
+                    // P = softmax(q kᵀ + bias)
+                    gemm(
+                        s,
+                        s,
+                        hd,
+                        p.as_mut_ptr(),
+                        1,
+                        s as isize,
+                        false,
+                        q.as_ptr(),
+                        1,
+                        q_rs,
+                        k.as_ptr(),
+                        kv_rs,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+                softmax_rows_inplace(p, bias.map(|b| &b[seq * s * s..(seq + 1) * s * s]), s);
+                unsafe {
+                    // dV += Pᵀ dO
+                    gemm(
+                        s,
+                        hd,
+                        s,
+                        dv_ptr.ptr().add(kv_off),
+                        1,
+                        kv_rs,
+                        accumulate,
+                        p.as_ptr(),
+                        s as isize,
+                        1,
+                        d_o.as_ptr(),
+                        1,
+                        q_rs,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                    // dP = dO vᵀ
+                    gemm(
+                        s,
+                        s,
+                        hd,
+                        dp.as_mut_ptr(),
+                        1,
+                        s as isize,
+                        false,
+                        d_o.as_ptr(),
+                        1,
+                        q_rs,
+                        v.as_ptr(),
+                        kv_rs,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+                softmax_backward_rows(p, dp, s); // dS
+                unsafe {
+                    // dQ = dS k
+                    gemm(
+                        s,
+                        hd,
+                        s,
+                        dq_ptr.ptr().add(q_off),
+                        1,
+                        q_rs,
+                        false,
+                        dp.as_ptr(),
+                        1,
+                        s as isize,
+                        k.as_ptr(),
+                        1,
+                        kv_rs,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                    // dK += dSᵀ q
+                    gemm(
+                        s,
+                        hd,
+                        s,
+                        dk_ptr.ptr().add(kv_off),
+                        1,
+                        kv_rs,
+                        accumulate,
+                        dp.as_ptr(),
+                        s as isize,
+                        1,
+                        q.as_ptr(),
+                        1,
+                        q_rs,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+            }
+        },
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::Cpu;
+    use crate::backend::{Cpu, CpuAutodiff, CpuAutodiffCheckpointed};
     use burn::tensor::activation::softmax;
-    use burn::tensor::{Distribution, Tolerance};
+    use burn::tensor::backend::AutodiffBackend;
+    use burn::tensor::{Distribution, ElementConversion, TensorData, Tolerance};
 
-    #[test]
-    fn matches_the_head_major_composition_with_gqa_and_padding() {
-        let device = Default::default();
-        let (b, s, h, kv, hd) = (3, 13, 6, 2, 8);
-        let rand = |shape: [usize; 4]| {
-            Tensor::<Cpu, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device)
+    /// (batch, seq, heads, kv_heads, head_dim)
+    const DIMS: (usize, usize, usize, usize, usize) = (3, 13, 6, 2, 8);
+
+    /// Burn's head-major composition, GQA by repeating K and V over each group (HF `repeat_kv`).
+    fn reference<B: Backend>(
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        bias: Tensor<B, 4>,
+    ) -> Tensor<B, 3> {
+        let (b, s, h, kv, hd) = DIMS;
+        let expand = |t: Tensor<B, 4>| {
+            t.swap_dims(1, 2)
+                .unsqueeze_dim::<5>(2)
+                .repeat_dim(2, h / kv)
+                .reshape([b, h, s, hd])
         };
-        let (q, k, v) = (
-            rand([b, s, h, hd]),
-            rand([b, s, kv, hd]),
-            rand([b, s, kv, hd]),
-        );
-        // Sequence 1 has 4 left pads: pads see only themselves, tokens see only tokens.
+        let scores = q.swap_dims(1, 2).matmul(expand(k).swap_dims(2, 3));
+        softmax(scores + bias, 3)
+            .matmul(expand(v))
+            .swap_dims(1, 2)
+            .reshape([b, s, h * hd])
+    }
+
+    /// Sequence 1 has 4 left pads: pads see only themselves, tokens see only tokens.
+    fn padding_bias<B: Backend>() -> Tensor<B, 4> {
+        let (b, s, ..) = DIMS;
         let mut bias = vec![0.0f32; b * s * s];
         for i in 0..s {
             for j in 0..s {
-                let (pi, pj) = (i < 4, j < 4);
-                if (pi || pj) && i != j {
+                if (i < 4 || j < 4) && i != j {
                     bias[s * s + i * s + j] = -1e9;
                 }
             }
         }
-        let bias =
-            Tensor::<Cpu, 4>::from_data(burn::tensor::TensorData::new(bias, [b, 1, s, s]), &device);
+        Tensor::from_data(TensorData::new(bias, [b, 1, s, s]), &Default::default())
+    }
 
-        let rep = h / kv;
-        let expand = |t: Tensor<Cpu, 4>| {
-            t.swap_dims(1, 2)
-                .unsqueeze_dim::<5>(2)
-                .repeat_dim(2, rep)
-                .reshape([b, h, s, hd])
+    fn qkv<B: Backend>() -> [Tensor<B, 4>; 3] {
+        let (b, s, h, kv, hd) = DIMS;
+        let rand = |shape: [usize; 4]| {
+            Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
         };
-        let scores = q
-            .clone()
-            .swap_dims(1, 2)
-            .matmul(expand(k.clone()).swap_dims(2, 3));
-        let probs = softmax(scores + bias.clone(), 3);
-        let want = probs
-            .matmul(expand(v.clone()))
-            .swap_dims(1, 2)
-            .reshape([b, s, h * hd]);
-        grouped_attention(q, k, v, Some(bias))
+        [
+            rand([b, s, h, hd]),
+            rand([b, s, kv, hd]),
+            rand([b, s, kv, hd]),
+        ]
+    }
+
+    #[test]
+    fn matches_the_head_major_composition_with_gqa_and_padding() {
+        let [q, k, v] = qkv::<Cpu>();
+        let want = reference(q.clone(), k.clone(), v.clone(), padding_bias());
+        grouped_attention(q, k, v, Some(padding_bias()))
             .into_data()
             .assert_approx_eq::<f32>(&want.into_data(), Tolerance::absolute(1e-5));
+    }
+
+    fn gradients_match<B: AutodiffBackend>() {
+        let (b, s, h, _, hd) = DIMS;
+        let [q, k, v] = qkv::<B>();
+        let w = Tensor::<B, 3>::random(
+            [b, s, h * hd],
+            Distribution::Normal(0.0, 1.0),
+            &Default::default(),
+        );
+        let grads_of = |fused: bool| {
+            let [q, k, v] = [&q, &k, &v].map(|t| t.clone().require_grad());
+            let out = if fused {
+                grouped_attention(q.clone(), k.clone(), v.clone(), Some(padding_bias()))
+            } else {
+                reference(q.clone(), k.clone(), v.clone(), padding_bias())
+            };
+            let grads = (out * w.clone()).sum().backward();
+            [&q, &k, &v].map(|t| t.grad(&grads).unwrap())
+        };
+        let (got, want) = (grads_of(true), grads_of(false));
+        for ((name, got), want) in ["q", "k", "v"].iter().zip(got).zip(want) {
+            let diff: f32 = (got - want).abs().max().into_scalar().elem();
+            assert!(diff < 1e-4, "d{name}: max |Δ| {diff}");
+        }
+    }
+
+    #[test]
+    fn fused_attention_has_burns_gradients_with_and_without_checkpointing() {
+        assert!(applies::<CpuAutodiff>(DType::F32) && !applies::<CpuAutodiff>(DType::BF16));
+        gradients_match::<CpuAutodiff>();
+        gradients_match::<CpuAutodiffCheckpointed>();
     }
 }

@@ -15,8 +15,11 @@ use burn::tensor::{backend::Backend, DType, Tensor, TensorPrimitive};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::math::{log_softmax_backward_rows, silu_mul_backward, softmax_backward_rows};
-use super::ops::{flex_log_softmax_last, flex_silu_mul, flex_softmax_last, CHUNK};
+use super::attention::{attend_backward, attend_flex};
+use super::math::{
+    log_softmax_backward_rows, rms_norm_backward_rows, silu_mul_backward, softmax_backward_rows,
+};
+use super::ops::{flex_log_softmax_last, flex_rms_norm, flex_silu_mul, flex_softmax_last, CHUNK};
 
 /// `Autodiff<Flex, C>`'s float primitive (the same type for every checkpoint strategy).
 type AdTensor = burn::tensor::ops::FloatTensor<Autodiff<Flex>>;
@@ -190,4 +193,155 @@ pub(super) fn log_softmax_last<B: Backend, const D: usize>(
     x: Tensor<B, D>,
 ) -> Tensor<B, D> {
     normalise(strategy, Kind::LogSoftmax, x)
+}
+
+#[derive(Debug)]
+struct AttentionBackward;
+
+impl Backward<Flex, 3> for AttentionBackward {
+    /// `(q, k, v, bias, [batch, seq, heads, kv_heads, head_dim])`, contiguous.
+    type State = (
+        FlexTensor,
+        FlexTensor,
+        FlexTensor,
+        Option<FlexTensor>,
+        [usize; 5],
+    );
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_q, node_k, node_v] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let (q, k, v, bias, dims) = ops.state;
+        let [b, s, h, kv, hd] = dims;
+        let mut dq = FlexTensor::zeros([b, s, h, hd].into(), DType::F32);
+        let mut dk = FlexTensor::zeros([b, s, kv, hd].into(), DType::F32);
+        let mut dv = FlexTensor::zeros([b, s, kv, hd].into(), DType::F32);
+        attend_backward(
+            q.storage::<f32>(),
+            k.storage::<f32>(),
+            v.storage::<f32>(),
+            bias.as_ref().map(|t| t.storage::<f32>()),
+            grad.storage::<f32>(),
+            dq.storage_mut::<f32>(),
+            dk.storage_mut::<f32>(),
+            dv.storage_mut::<f32>(),
+            dims,
+        );
+        for (node, g) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
+            if let Some(node) = node {
+                grads.register::<Flex>(node.id, g);
+            }
+        }
+    }
+}
+
+fn attention_with<C: CheckpointStrategy>(
+    q: AdTensor,
+    k: AdTensor,
+    v: AdTensor,
+    bias: Option<FlexTensor>,
+    dims: [usize; 5],
+) -> AdTensor {
+    let (qf, kf, vf) = (
+        q.primitive.to_contiguous(),
+        k.primitive.to_contiguous(),
+        v.primitive.to_contiguous(),
+    );
+    let out = attend_flex(&qf, &kf, &vf, bias.as_ref(), dims);
+    match AttentionBackward
+        .prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((qf, kf, vf, bias, dims), out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    }
+}
+
+/// [`super::attention::grouped_attention`] for `Autodiff<Flex, _>` with f32 tensors; the bias is
+/// treated as a constant.
+pub(super) fn grouped_attention<B: Backend>(
+    strategy: Strategy,
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    bias: Option<Tensor<B, 4>>,
+) -> Tensor<B, 3> {
+    let [b, s, h, hd] = q.dims();
+    let dims = [b, s, h, k.dims()[2], hd];
+    let bias = bias.map(|t| into_ad(t.cast(DType::F32)).primitive.to_contiguous());
+    let (q, k, v) = (into_ad(q), into_ad(k), into_ad(v));
+    from_ad(match strategy {
+        Strategy::None => attention_with::<NoCheckpointing>(q, k, v, bias, dims),
+        Strategy::Balanced => attention_with::<BalancedCheckpointing>(q, k, v, bias, dims),
+    })
+}
+
+#[derive(Debug)]
+struct RmsNormBackward;
+
+impl Backward<Flex, 2> for RmsNormBackward {
+    /// `(x, weight, eps)`, contiguous.
+    type State = (FlexTensor, FlexTensor, f32);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w] = ops.parents;
+        let mut dx = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let (x, w, eps) = ops.state;
+        let w_shape = w.layout().shape().clone();
+        let w = w.storage::<f32>();
+        let d = w.len();
+        let rows_per_task = CHUNK.div_ceil(d);
+        // Per-task partial weight gradients, summed afterwards (rows are split over tasks).
+        let dw = dx
+            .storage_mut::<f32>()
+            .par_chunks_mut(rows_per_task * d)
+            .zip(x.storage::<f32>().par_chunks(rows_per_task * d))
+            .map(|(g, x)| {
+                let mut dw = vec![0.0f32; d];
+                rms_norm_backward_rows(x, w, eps, g, &mut dw);
+                dw
+            })
+            .reduce(
+                || vec![0.0f32; d],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                    a
+                },
+            );
+        if let Some(node) = node_x {
+            grads.register::<Flex>(node.id, dx);
+        }
+        if let Some(node) = node_w {
+            let dw = FlexTensor::from_data(burn::tensor::TensorData::new(dw, w_shape));
+            grads.register::<Flex>(node.id, dw);
+        }
+    }
+}
+
+fn rms_norm_with<C: CheckpointStrategy>(x: AdTensor, w: AdTensor, eps: f32) -> AdTensor {
+    let (xf, wf) = (x.primitive.to_contiguous(), w.primitive.to_contiguous());
+    let out = flex_rms_norm(&xf, &wf, eps);
+    match RmsNormBackward
+        .prepare::<C>([x.node.clone(), w.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((xf, wf, eps), out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    }
+}
+
+/// [`super::ops::rms_norm`] for `Autodiff<Flex, _>` with f32 tensors.
+pub(super) fn rms_norm<B: Backend, const D: usize>(
+    strategy: Strategy,
+    x: Tensor<B, D>,
+    weight: Tensor<B, 1>,
+    eps: f32,
+) -> Tensor<B, D> {
+    let (x, w) = (into_ad(x), into_ad(weight));
+    from_ad(match strategy {
+        Strategy::None => rms_norm_with::<NoCheckpointing>(x, w, eps),
+        Strategy::Balanced => rms_norm_with::<BalancedCheckpointing>(x, w, eps),
+    })
 }

@@ -144,6 +144,66 @@ pub fn log_softmax_backward_rows(lp: &[f32], g: &mut [f32], row_len: usize) {
     )
 }
 
+/// RMSNorm of each row of `x` (length `w.len()`) into `out`: `x · w / sqrt(mean(x²) + eps)`.
+pub fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    debug_assert!(x.len() == out.len() && x.len().is_multiple_of(d));
+    dispatch!(
+        for (x, out) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+            let inv = 1.0 / (sum_of_squares(x) / d as f32 + eps).sqrt();
+            out.iter_mut()
+                .zip(x)
+                .zip(w)
+                .for_each(|((o, &x), &w)| *o = x * inv * w);
+        }
+    )
+}
+
+/// RMSNorm backward over rows of `x`: `dx ← inv · g·w − x · inv³ / d · Σ g·w·x` per row
+/// (`dx` holds the output gradient `g` on entry) and `dw += Σ_rows g · x · inv`.
+pub fn rms_norm_backward_rows(x: &[f32], w: &[f32], eps: f32, dx: &mut [f32], dw: &mut [f32]) {
+    let d = w.len();
+    debug_assert!(x.len() == dx.len() && x.len().is_multiple_of(d) && dw.len() == d);
+    dispatch!(
+        for (x, g) in x.chunks_exact(d).zip(dx.chunks_exact_mut(d)) {
+            let inv = 1.0 / (sum_of_squares(x) / d as f32 + eps).sqrt();
+            let mut acc = [0.0f32; 16];
+            let (gc, xc, wc) = (g.chunks_exact(16), x.chunks_exact(16), w.chunks_exact(16));
+            let mut dot: f32 = gc
+                .remainder()
+                .iter()
+                .zip(xc.remainder())
+                .zip(wc.remainder())
+                .map(|((g, x), w)| g * w * x)
+                .sum();
+            for ((g, x), w) in gc.zip(xc).zip(wc) {
+                for i in 0..16 {
+                    acc[i] += g[i] * w[i] * x[i];
+                }
+            }
+            dot += acc.iter().sum::<f32>();
+            let c = inv * inv * inv * dot / d as f32;
+            for (((g, &x), &w), dw) in g.iter_mut().zip(x).zip(w).zip(dw.iter_mut()) {
+                *dw += *g * x * inv;
+                *g = inv * *g * w - x * c;
+            }
+        }
+    )
+}
+
+#[inline(always)]
+fn sum_of_squares(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v * v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Gradients of `out = silu(g) · u`: `dg ← dout · u · σ(g)(1 + g(1 − σ(g)))` and
 /// `du ← dout · silu(g)`, where `dg` and `du` both hold `dout` on entry.
 pub fn silu_mul_backward(g: &[f32], u: &[f32], dg: &mut [f32], du: &mut [f32]) {

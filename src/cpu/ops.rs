@@ -8,7 +8,9 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::autodiff;
-use super::math::{log_softmax_rows_inplace, silu_mul_inplace, softmax_rows_inplace};
+use super::math::{
+    log_softmax_rows_inplace, rms_norm_rows, silu_mul_inplace, softmax_rows_inplace,
+};
 use super::{from_flex, into_flex, is_flex};
 
 /// Elements per parallel task: big enough to amortise scheduling, small enough to split a
@@ -91,6 +93,50 @@ pub fn log_softmax_last<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B
     }
 }
 
+/// RMSNorm over the last dimension: `x · weight / sqrt(mean(x²) + eps)` (HF `Qwen2RMSNorm`).
+///
+/// # Shapes
+/// - x: `[..., d]` → the same shape
+/// - weight: `[d]`
+pub fn rms_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 1>,
+    eps: f64,
+) -> Tensor<B, D> {
+    let d = x.dims()[D - 1];
+    let fits = weight.dims() == [d] && d > 0;
+    if fits && flex_f32(&[&x]) && flex_f32(&[&weight]) {
+        let (Ok(x), Ok(w)) = (into_flex(x), into_flex(weight)) else {
+            unreachable!("flex f32 checked")
+        };
+        return from_flex(flex_rms_norm(&x, &w, eps as f32));
+    }
+    if let Some(strategy) = autodiff::strategy::<B>() {
+        if fits && autodiff::inner_f32(&[&x]) && autodiff::inner_f32(&[&weight]) {
+            return autodiff::rms_norm(strategy, x, weight, eps as f32);
+        }
+    }
+    // HF computes the statistics in f32 and casts back before the weight multiply.
+    let dtype = x.dtype();
+    let x32 = x.cast(DType::F32);
+    let inv = (x32.clone().square().mean_dim(D - 1) + eps).sqrt().recip();
+    (x32 * inv).cast(dtype) * weight.unsqueeze()
+}
+
+/// RMSNorm of a flex f32 tensor over its last dimension (`w.len()`).
+pub(super) fn flex_rms_norm(x: &FlexTensor, w: &FlexTensor, eps: f32) -> FlexTensor {
+    let (x, w) = (x.to_contiguous(), w.to_contiguous());
+    let w = w.storage::<f32>();
+    let d = w.len();
+    let mut out = FlexTensor::zeros(x.layout().shape().clone(), DType::F32);
+    let rows_per_task = CHUNK.div_ceil(d);
+    out.storage_mut::<f32>()
+        .par_chunks_mut(rows_per_task * d)
+        .zip(x.storage::<f32>().par_chunks(rows_per_task * d))
+        .for_each(|(o, x)| rms_norm_rows(x, w, eps, o));
+    out
+}
+
 /// Row log-softmax of a flex f32 tensor over its last dimension (`row_len`).
 pub(super) fn flex_log_softmax_last(x: FlexTensor, row_len: usize) -> FlexTensor {
     let mut x = x.to_contiguous();
@@ -165,6 +211,15 @@ mod tests {
                 &softmax(scores.clone(), 3).into_data(),
                 Tolerance::absolute(1e-6),
             );
+        let x = Tensor::<Cpu, 3>::random([2, 5, 40], Distribution::Normal(0.0, 2.0), &device);
+        let w = Tensor::<Cpu, 1>::random([40], Distribution::Normal(1.0, 0.3), &device);
+        let inv = (x.clone().square().mean_dim(2) + 1e-6).sqrt().recip();
+        rms_norm(x.clone(), w.clone(), 1e-6)
+            .into_data()
+            .assert_approx_eq::<f32>(
+                &(x * inv * w.unsqueeze::<3>()).into_data(),
+                Tolerance::absolute(1e-5),
+            );
         log_softmax_last(scores.clone())
             .into_data()
             .assert_approx_eq::<f32>(
@@ -213,6 +268,23 @@ mod tests {
             x.grad(&(out * w.clone()).sum().backward()).unwrap()
         };
         close(grads_of(true), grads_of(false));
+
+        let weight = Tensor::<B, 1>::random([37], Distribution::Normal(1.0, 0.3), &device);
+        let grads_of = |fused: bool| {
+            let (x, weight) = (x.clone().require_grad(), weight.clone().require_grad());
+            let out = if fused {
+                rms_norm(x.clone(), weight.clone(), 1e-6)
+            } else {
+                let inv = (x.clone().square().mean_dim(2) + 1e-6).sqrt().recip();
+                x.clone() * inv * weight.clone().unsqueeze::<3>()
+            };
+            let grads = (out * w.clone()).sum().backward();
+            (x.grad(&grads).unwrap(), weight.grad(&grads).unwrap())
+        };
+        let ((fx, fw), (rx, rw)) = (grads_of(true), grads_of(false));
+        close(fx, rx);
+        fw.into_data()
+            .assert_approx_eq::<f32>(&rw.into_data(), Tolerance::absolute(1e-4));
 
         let grads_of = |fused: bool| {
             let x = x.clone().require_grad();

@@ -1,9 +1,10 @@
 //! RMSNorm as in HF Qwen2 (`Qwen2RMSNorm`): statistics in f32, scale by `weight`.
 
 use burn::module::{Module, Param};
-use burn::tensor::{backend::Backend, DType, Tensor};
+use burn::tensor::{backend::Backend, Tensor};
 
 use super::weights::{Init, TensorSink, WeightSource};
+use crate::cpu::ops::rms_norm;
 use crate::Result;
 
 #[derive(Module, Debug)]
@@ -33,14 +34,7 @@ impl<B: Backend> RmsNorm<B> {
     /// # Shapes
     /// - x: `[..., hidden]` → same shape
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let dtype = x.dtype();
-        // HF computes the variance in f32 and casts back before the weight multiply.
-        let x32 = x.cast(DType::F32);
-        let inv = (x32.clone().square().mean_dim(D - 1) + self.eps)
-            .sqrt()
-            .recip();
-        let normed = (x32 * inv).cast(dtype);
-        normed * self.weight.val().unsqueeze()
+        rms_norm(x, self.weight.val(), self.eps)
     }
 
     pub fn save(&self, sink: &mut TensorSink, prefix: &str) {
