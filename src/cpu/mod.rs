@@ -1,11 +1,14 @@
 //! Fast paths for the flex CPU backend: fused, vectorised kernels that Burn's generic tensor ops
-//! cannot express (a vectorised `exp`, SiLU·up in one pass, softmax with its bias added in the
-//! same pass, the host sampler).
+//! cannot express (a vectorised `exp`; SiLU·up, softmax with its bias, log-softmax and RMSNorm
+//! in one pass each; attention straight from the projections' layout; the host sampler's radix
+//! argsort).
 //!
-//! The model and the rollout engine stay generic over `Backend`; at a few hot spots they call
-//! [`into_flex`], which hands back the flex tensor when the backend *is* plain flex (CPU
-//! inference: rollouts, evaluation) and the tensor untouched otherwise (CUDA, or autodiff while
-//! training), so every other backend keeps the generic path.
+//! The model and the rollout engine stay generic over `Backend`. At a few hot spots they call
+//! [`ops`] and [`attention`], which check the backend's types: plain flex with f32 tensors
+//! (rollouts, evaluation) runs the kernels directly ([`into_flex`] hands back the flex tensor);
+//! autodiff over flex with f32 (CPU training) runs them on the inner tensors and records one
+//! graph node with a hand-written backward; every other backend or dtype (CUDA, bf16) keeps
+//! Burn's ops.
 
 pub mod attention;
 mod autodiff;

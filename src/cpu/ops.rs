@@ -1,5 +1,5 @@
 //! Fused tensor ops for the model's hot spots: one vectorised pass on flex f32 (with a
-//! vectorised backward under autodiff over flex, [`super::autodiff`]), Burn's own ops on every
+//! vectorised backward node under autodiff over flex, see the `autodiff` module), Burn's own ops on every
 //! other backend or dtype.
 
 use burn::tensor::activation::{log_softmax, silu, softmax};
