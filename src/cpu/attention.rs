@@ -12,7 +12,7 @@ use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 use super::math::{softmax_backward_rows, softmax_rows_inplace};
-use super::{from_flex, into_flex, is_flex};
+use super::{expect_flex, from_flex, is_flex};
 
 /// Whether [`grouped_attention`] serves a model of this backend and dtype: f32 on flex, or on
 /// autodiff over flex (training).
@@ -54,11 +54,8 @@ pub fn grouped_attention<B: Backend>(
     }
     let [b, s, h, hd] = q.dims();
     let kv = k.dims()[2];
-    let flex = |t: Tensor<B, 4>| -> FlexTensor {
-        into_flex(t).unwrap_or_else(|_| unreachable!("grouped_attention called on flex f32"))
-    };
-    let (q, k, v) = (flex(q), flex(k), flex(v));
-    let bias = bias.map(|t| flex(t.cast(DType::F32)));
+    let (q, k, v) = (expect_flex(q), expect_flex(k), expect_flex(v));
+    let bias = bias.map(|t| expect_flex(t.cast(DType::F32)));
     from_flex(attend_flex(&q, &k, &v, bias.as_ref(), [b, s, h, kv, hd]))
 }
 
@@ -82,6 +79,100 @@ pub(super) fn attend_flex(
     out
 }
 
+/// A read-only strided matrix: element `(i, j)` at `ptr + i·rs + j·cs`.
+#[derive(Clone, Copy)]
+struct View {
+    ptr: *const f32,
+    rs: isize,
+    cs: isize,
+}
+
+impl View {
+    /// Rows `rs` apart, columns contiguous.
+    fn rows(x: &[f32], rs: usize) -> Self {
+        Self {
+            ptr: x.as_ptr(),
+            rs: rs as isize,
+            cs: 1,
+        }
+    }
+
+    /// The transpose (no copy).
+    fn t(self) -> Self {
+        Self {
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+}
+
+/// `dst ← lhs · rhs` (`dst += lhs · rhs` when `accumulate`) for `lhs` `m × k` and `rhs` `k × n`,
+/// `dst` with rows `dst_rs` apart and contiguous columns, on the calling thread.
+///
+/// # Safety
+/// Every element the views and `dst` address must be in bounds, and `dst` must not overlap the
+/// inputs or another thread's output.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: View,
+    rhs: View,
+    accumulate: bool,
+) {
+    gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        lhs.ptr,
+        lhs.cs,
+        lhs.rs,
+        rhs.ptr,
+        rhs.cs,
+        rhs.rs,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    );
+}
+
+/// `p ← softmax(q kᵀ + bias)` for one head: `q` and `k` start at the head's first element, with
+/// rows `q_rs` and `kv_rs` apart; `bias` and `p` are this sequence's `s × s`.
+fn probabilities(
+    q: &[f32],
+    k: &[f32],
+    bias: Option<&[f32]>,
+    p: &mut [f32],
+    [s, hd, q_rs, kv_rs]: [usize; 4],
+) {
+    debug_assert!(p.len() == s * s);
+    debug_assert!(
+        s == 0 || (q.len() > (s - 1) * q_rs + hd - 1 && k.len() > (s - 1) * kv_rs + hd - 1)
+    );
+    // SAFETY: rows < s and columns < hd of q and k lie inside this sequence and head (the callers'
+    // layout checks); p is s × s.
+    unsafe {
+        matmul(
+            (s, s, hd),
+            p.as_mut_ptr(),
+            s,
+            View::rows(q, q_rs),
+            View::rows(k, kv_rs).t(),
+            false,
+        );
+    }
+    softmax_rows_inplace(p, bias, s);
+}
+
 fn attend(
     q: &[f32],
     k: &[f32],
@@ -93,67 +184,36 @@ fn attend(
     debug_assert!(q.len() == b * s * h * hd && out.len() == q.len());
     debug_assert!(k.len() == b * s * kv * hd && v.len() == k.len());
     let rep = h / kv;
-    let (q_rs, kv_rs) = ((h * hd) as isize, (kv * hd) as isize);
+    let (q_rs, kv_rs) = (h * hd, kv * hd);
     let dst = SharedMut(out.as_mut_ptr());
     (0..b * h)
         .into_par_iter()
         .for_each_init(Vec::new, |scores: &mut Vec<f32>, task| {
             let (seq, head) = (task / h, task % h);
-            let group = head / rep;
+            let (q_off, kv_off) = (
+                seq * s * q_rs + head * hd,
+                seq * s * kv_rs + (head / rep) * hd,
+            );
             scores.resize(s * s, 0.0);
-            let q = &q[seq * s * h * hd + head * hd..];
-            let k = &k[seq * s * kv * hd + group * hd..];
-            let v = &v[seq * s * kv * hd + group * hd..];
-            // SAFETY: the strides address only elements of q/k/v inside this sequence and head
-            // (rows < s, columns < hd, in bounds by the layout checks above) and of `scores`
-            // (s × s); the output block of (seq, head) is disjoint from every other task's.
+            let bias = bias.map(|b| &b[seq * s * s..(seq + 1) * s * s]);
+            probabilities(
+                &q[q_off..],
+                &k[kv_off..],
+                bias,
+                scores,
+                [s, hd, q_rs, kv_rs],
+            );
+            // SAFETY: v's rows < s and columns < hd lie inside this sequence; the output block
+            // of (seq, head) is disjoint from every other task's.
             unsafe {
-                // scores[i, j] = Σ_d q[i, d] · k[j, d]
-                gemm(
-                    s,
-                    s,
-                    hd,
-                    scores.as_mut_ptr(),
-                    1,
-                    s as isize,
-                    false,
-                    q.as_ptr(),
-                    1,
+                // out = P v
+                matmul(
+                    (s, hd, s),
+                    dst.ptr().add(q_off),
                     q_rs,
-                    k.as_ptr(),
-                    kv_rs,
-                    1,
-                    0.0,
-                    1.0,
+                    View::rows(scores, s),
+                    View::rows(&v[kv_off..], kv_rs),
                     false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
-            }
-            softmax_rows_inplace(scores, bias.map(|b| &b[seq * s * s..(seq + 1) * s * s]), s);
-            unsafe {
-                // out[i, d] = Σ_j p[i, j] · v[j, d]
-                gemm(
-                    s,
-                    hd,
-                    s,
-                    dst.ptr().add(seq * s * h * hd + head * hd),
-                    1,
-                    q_rs,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    s as isize,
-                    v.as_ptr(),
-                    1,
-                    kv_rs,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
                 );
             }
         });
@@ -178,7 +238,7 @@ pub(super) fn attend_backward(
     debug_assert!(q.len() == b * s * h * hd && d_out.len() == q.len() && dq.len() == q.len());
     debug_assert!(k.len() == b * s * kv * hd && dk.len() == k.len() && dv.len() == k.len());
     let rep = h / kv;
-    let (q_rs, kv_rs) = ((h * hd) as isize, (kv * hd) as isize);
+    let (q_rs, kv_rs) = (h * hd, kv * hd);
     let (dq_ptr, dk_ptr, dv_ptr) = (
         SharedMut(dq.as_mut_ptr()),
         SharedMut(dk.as_mut_ptr()),
@@ -191,130 +251,52 @@ pub(super) fn attend_backward(
             let (seq, group) = (task / kv, task % kv);
             p.resize(s * s, 0.0);
             dp.resize(s * s, 0.0);
-            let kv_off = seq * s * kv * hd + group * hd;
+            let kv_off = seq * s * kv_rs + group * hd;
             let (k, v) = (&k[kv_off..], &v[kv_off..]);
+            let bias = bias.map(|b| &b[seq * s * s..(seq + 1) * s * s]);
             for (i, head) in (group * rep..(group + 1) * rep).enumerate() {
-                let q_off = seq * s * h * hd + head * hd;
+                let q_off = seq * s * q_rs + head * hd;
                 let (q, d_o) = (&q[q_off..], &d_out[q_off..]);
                 let accumulate = i > 0;
+                probabilities(q, k, bias, p, [s, hd, q_rs, kv_rs]);
                 // SAFETY: as in `attend`; this task alone writes dQ of its heads and dK/dV of its
                 // (sequence, group).
                 unsafe {
-                    // P = softmax(q kᵀ + bias)
-                    gemm(
-                        s,
-                        s,
-                        hd,
-                        p.as_mut_ptr(),
-                        1,
-                        s as isize,
-                        false,
-                        q.as_ptr(),
-                        1,
-                        q_rs,
-                        k.as_ptr(),
-                        kv_rs,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
-                softmax_rows_inplace(p, bias.map(|b| &b[seq * s * s..(seq + 1) * s * s]), s);
-                unsafe {
                     // dV += Pᵀ dO
-                    gemm(
-                        s,
-                        hd,
-                        s,
+                    let (p_v, d_o_v) = (View::rows(p, s), View::rows(d_o, q_rs));
+                    matmul(
+                        (s, hd, s),
                         dv_ptr.ptr().add(kv_off),
-                        1,
                         kv_rs,
+                        p_v.t(),
+                        d_o_v,
                         accumulate,
-                        p.as_ptr(),
-                        s as isize,
-                        1,
-                        d_o.as_ptr(),
-                        1,
-                        q_rs,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
                     );
                     // dP = dO vᵀ
-                    gemm(
-                        s,
-                        s,
-                        hd,
-                        dp.as_mut_ptr(),
-                        1,
-                        s as isize,
-                        false,
-                        d_o.as_ptr(),
-                        1,
-                        q_rs,
-                        v.as_ptr(),
-                        kv_rs,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
+                    let v_t = View::rows(v, kv_rs).t();
+                    matmul((s, s, hd), dp.as_mut_ptr(), s, d_o_v, v_t, false);
                 }
                 softmax_backward_rows(p, dp, s); // dS
                 unsafe {
+                    let ds = View::rows(dp, s);
                     // dQ = dS k
-                    gemm(
-                        s,
-                        hd,
-                        s,
+                    matmul(
+                        (s, hd, s),
                         dq_ptr.ptr().add(q_off),
-                        1,
                         q_rs,
+                        ds,
+                        View::rows(k, kv_rs),
                         false,
-                        dp.as_ptr(),
-                        1,
-                        s as isize,
-                        k.as_ptr(),
-                        1,
-                        kv_rs,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
                     );
                     // dK += dSᵀ q
-                    gemm(
-                        s,
-                        hd,
-                        s,
+                    let q_v = View::rows(q, q_rs);
+                    matmul(
+                        (s, hd, s),
                         dk_ptr.ptr().add(kv_off),
-                        1,
                         kv_rs,
+                        ds.t(),
+                        q_v,
                         accumulate,
-                        dp.as_ptr(),
-                        s as isize,
-                        1,
-                        q.as_ptr(),
-                        1,
-                        q_rs,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
                     );
                 }
             }

@@ -117,15 +117,7 @@ pub fn log_softmax_rows_inplace(x: &mut [f32], row_len: usize) {
     debug_assert!(row_len > 0 && x.len().is_multiple_of(row_len));
     dispatch!(for row in x.chunks_exact_mut(row_len) {
         let m = max(row);
-        let mut acc = [0.0f32; 16];
-        let chunks = row.chunks_exact(16);
-        let tail: f32 = chunks.remainder().iter().map(|&v| exp(v - m)).sum();
-        for c in chunks {
-            for (a, &v) in acc.iter_mut().zip(c) {
-                *a += exp(v - m);
-            }
-        }
-        let shift = m + (acc.iter().sum::<f32>() + tail).ln();
+        let shift = m + sum_by(row, |v| exp(v - m)).ln();
         row.iter_mut().for_each(|v| *v -= shift);
     })
 }
@@ -136,7 +128,7 @@ pub fn log_softmax_backward_rows(lp: &[f32], g: &mut [f32], row_len: usize) {
     debug_assert!(lp.len() == g.len() && g.len().is_multiple_of(row_len));
     dispatch!(
         for (g, lp) in g.chunks_exact_mut(row_len).zip(lp.chunks_exact(row_len)) {
-            let total = sum(g);
+            let total = sum_by(g, |v| v);
             g.iter_mut()
                 .zip(lp)
                 .for_each(|(g, &l)| *g -= exp(l) * total);
@@ -150,7 +142,7 @@ pub fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     debug_assert!(x.len() == out.len() && x.len().is_multiple_of(d));
     dispatch!(
         for (x, out) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-            let inv = 1.0 / (sum_of_squares(x) / d as f32 + eps).sqrt();
+            let inv = 1.0 / (sum_by(x, |v| v * v) / d as f32 + eps).sqrt();
             out.iter_mut()
                 .zip(x)
                 .zip(w)
@@ -166,7 +158,7 @@ pub fn rms_norm_backward_rows(x: &[f32], w: &[f32], eps: f32, dx: &mut [f32], dw
     debug_assert!(x.len() == dx.len() && x.len().is_multiple_of(d) && dw.len() == d);
     dispatch!(
         for (x, g) in x.chunks_exact(d).zip(dx.chunks_exact_mut(d)) {
-            let inv = 1.0 / (sum_of_squares(x) / d as f32 + eps).sqrt();
+            let inv = 1.0 / (sum_by(x, |v| v * v) / d as f32 + eps).sqrt();
             let mut acc = [0.0f32; 16];
             let (gc, xc, wc) = (g.chunks_exact(16), x.chunks_exact(16), w.chunks_exact(16));
             let mut dot: f32 = gc
@@ -191,19 +183,6 @@ pub fn rms_norm_backward_rows(x: &[f32], w: &[f32], eps: f32, dx: &mut [f32], dw
     )
 }
 
-#[inline(always)]
-fn sum_of_squares(x: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 16];
-    let chunks = x.chunks_exact(16);
-    let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
-    for c in chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += v * v;
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 /// Gradients of `out = silu(g) · u`: `dg ← dout · u · σ(g)(1 + g(1 − σ(g)))` and
 /// `du ← dout · silu(g)`, where `dg` and `du` both hold `dout` on entry.
 pub fn silu_mul_backward(g: &[f32], u: &[f32], dg: &mut [f32], du: &mut [f32]) {
@@ -224,34 +203,42 @@ pub fn softmax_backward_rows(p: &[f32], g: &mut [f32], row_len: usize) {
     debug_assert!(p.len() == g.len() && g.len().is_multiple_of(row_len));
     dispatch!(
         for (g, p) in g.chunks_exact_mut(row_len).zip(p.chunks_exact(row_len)) {
-            let mut acc = [0.0f32; 16];
-            let (gc, pc) = (g.chunks_exact(16), p.chunks_exact(16));
-            let mut dot: f32 = gc
-                .remainder()
-                .iter()
-                .zip(pc.remainder())
-                .map(|(a, b)| a * b)
-                .sum();
-            for (a, b) in gc.zip(pc) {
-                for i in 0..16 {
-                    acc[i] += a[i] * b[i];
-                }
-            }
-            dot += acc.iter().sum::<f32>();
+            let dot = dot(g, p);
             g.iter_mut().zip(p).for_each(|(g, &p)| *g = p * (*g - dot));
         }
     )
 }
 
-/// Sum with 16 independent accumulators (vectorisable; the order differs from a serial sum).
+/// `Σ f(x)` with 16 independent accumulators (vectorisable; the order differs from a serial
+/// sum).
 #[inline(always)]
-fn sum(x: &[f32]) -> f32 {
+fn sum_by(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0.0f32; 16];
     let chunks = x.chunks_exact(16);
-    let tail: f32 = chunks.remainder().iter().sum();
+    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
     for c in chunks {
         for (a, &v) in acc.iter_mut().zip(c) {
-            *a += v;
+            *a += f(v);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `Σ a·b` with 16 independent accumulators (see [`sum_by`]).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = [0.0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
         }
     }
     acc.iter().sum::<f32>() + tail
@@ -285,7 +272,7 @@ fn softmax_row(row: &mut [f32]) -> (f32, f32) {
         return (m, 0.0);
     }
     row.iter_mut().for_each(|v| *v = exp(*v - m));
-    let s = sum(row);
+    let s = sum_by(row, |v| v);
     let inv = 1.0 / s;
     row.iter_mut().for_each(|v| *v *= inv);
     (m, s)

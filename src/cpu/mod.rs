@@ -40,6 +40,11 @@ pub fn into_flex<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<FlexTens
     Ok(flex.to_contiguous())
 }
 
+/// [`into_flex`] where the caller has checked that `B` is flex and the tensor f32.
+pub(crate) fn expect_flex<B: Backend, const D: usize>(t: Tensor<B, D>) -> FlexTensor {
+    into_flex(t).unwrap_or_else(|_| unreachable!("caller checked: flex backend, f32 tensor"))
+}
+
 /// A flex tensor back as a `Tensor<B, D>`; `B` must be flex (see [`is_flex`]).
 pub fn from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Tensor<B, D> {
     let boxed: Box<dyn Any> = Box::new(t);

@@ -11,7 +11,7 @@ use super::autodiff;
 use super::math::{
     log_softmax_rows_inplace, rms_norm_rows, silu_mul_inplace, softmax_rows_inplace,
 };
-use super::{from_flex, into_flex, is_flex};
+use super::{expect_flex, from_flex, is_flex};
 
 /// Elements per parallel task: big enough to amortise scheduling, small enough to split a
 /// layer's activations over the cores.
@@ -27,10 +27,7 @@ fn flex_f32<B: Backend, const D: usize>(tensors: &[&Tensor<B, D>]) -> bool {
 /// - gate, up: the same shape → that shape
 pub fn silu_mul<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>) -> Tensor<B, D> {
     if gate.dims() == up.dims() && flex_f32(&[&gate, &up]) {
-        let (Ok(g), Ok(u)) = (into_flex(gate), into_flex(up)) else {
-            unreachable!("flex f32 checked")
-        };
-        return from_flex(flex_silu_mul(g, u));
+        return from_flex(flex_silu_mul(expect_flex(gate), expect_flex(up)));
     }
     if let Some(strategy) = autodiff::strategy::<B>() {
         if gate.dims() == up.dims() && autodiff::inner_f32(&[&gate, &up]) {
@@ -54,11 +51,12 @@ pub fn softmax_last<B: Backend, const D: usize>(
     let row_len = scores.dims()[D - 1];
     let same = |b: &Tensor<B, D>| b.dims() == scores.dims() && flex_f32(&[b]);
     if flex_f32(&[&scores]) && row_len > 0 && bias.as_ref().is_none_or(same) {
-        let Ok(s) = into_flex(scores) else {
-            unreachable!("flex f32 checked")
-        };
-        let bias = bias.map(|b| into_flex(b).unwrap_or_else(|_| unreachable!("flex f32 checked")));
-        return from_flex(flex_softmax_last(s, bias.as_ref(), row_len));
+        let bias = bias.map(expect_flex);
+        return from_flex(flex_softmax_last(
+            expect_flex(scores),
+            bias.as_ref(),
+            row_len,
+        ));
     }
     let scores = match bias {
         Some(b) => scores + b,
@@ -82,10 +80,7 @@ pub fn log_softmax_last<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B
         return log_softmax(x, D - 1);
     }
     if flex_f32(&[&x]) {
-        let Ok(x) = into_flex(x) else {
-            unreachable!("flex f32 checked")
-        };
-        return from_flex(flex_log_softmax_last(x, row_len));
+        return from_flex(flex_log_softmax_last(expect_flex(x), row_len));
     }
     match autodiff::strategy::<B>() {
         Some(strategy) if autodiff::inner_f32(&[&x]) => autodiff::log_softmax_last(strategy, x),
@@ -106,10 +101,11 @@ pub fn rms_norm<B: Backend, const D: usize>(
     let d = x.dims()[D - 1];
     let fits = weight.dims() == [d] && d > 0;
     if fits && flex_f32(&[&x]) && flex_f32(&[&weight]) {
-        let (Ok(x), Ok(w)) = (into_flex(x), into_flex(weight)) else {
-            unreachable!("flex f32 checked")
-        };
-        return from_flex(flex_rms_norm(&x, &w, eps as f32));
+        return from_flex(flex_rms_norm(
+            &expect_flex(x),
+            &expect_flex(weight),
+            eps as f32,
+        ));
     }
     if let Some(strategy) = autodiff::strategy::<B>() {
         if fits && autodiff::inner_f32(&[&x]) && autodiff::inner_f32(&[&weight]) {

@@ -74,11 +74,11 @@ fn sample_row(row: &[f32], u: Option<f32>, params: &SampleParams, s: &mut Scratc
         .map(|b| b as usize)
         .filter(|&b| b < vocab);
     s.x.clear();
+    s.x.extend(row.iter().map(|&x| temper(x)));
+    if let Some(b) = banned {
+        s.x[b] = f32::MIN;
+    }
     if filtered {
-        s.x.extend(row.iter().map(|&x| temper(x)));
-        if let Some(b) = banned {
-            s.x[b] = f32::MIN;
-        }
         argsort_descending(&s.x, &mut s.order, &mut s.radix);
         s.sorted.clear();
         s.sorted.extend(s.order.iter().map(|&i| s.x[i as usize]));
@@ -104,11 +104,6 @@ fn sample_row(row: &[f32], u: Option<f32>, params: &SampleParams, s: &mut Scratc
                 .iter_mut()
                 .filter(|x| **x < kth)
                 .for_each(|x| *x = f32::MIN);
-        }
-    } else {
-        s.x.extend(row.iter().map(|&x| temper(x)));
-        if let Some(b) = banned {
-            s.x[b] = f32::MIN;
         }
     }
     let (max, z) = softmax_into(&s.x, &mut s.p);
