@@ -8,16 +8,16 @@
 
 use burn::tensor::{backend::Backend, DType, Tensor};
 use burn_flex::FlexTensor;
-use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
+use super::gemm::{matmul, View};
 use super::math::{softmax_backward_rows, softmax_rows_inplace};
-use super::{expect_flex, from_flex, is_flex};
+use super::{expect_flex, from_flex};
 
 /// Whether [`grouped_attention`] serves a model of this backend and dtype: f32 on flex, or on
 /// autodiff over flex (training).
 pub fn applies<B: Backend>(dtype: DType) -> bool {
-    dtype == DType::F32 && (is_flex::<B>() || super::autodiff::strategy::<B>().is_some())
+    dtype == DType::F32 && super::on_flex::<B>()
 }
 
 /// A raw pointer that tasks writing disjoint parts of one buffer may share.
@@ -67,7 +67,7 @@ pub(super) fn attend_flex(
     bias: Option<&FlexTensor>,
     [b, s, h, kv, hd]: [usize; 5],
 ) -> FlexTensor {
-    let mut out = FlexTensor::zeros([b, s, h * hd].into(), DType::F32);
+    let mut out = super::flex_zeros([b, s, h * hd]);
     attend(
         q.storage::<f32>(),
         k.storage::<f32>(),
@@ -77,72 +77,6 @@ pub(super) fn attend_flex(
         [b, s, h, kv, hd],
     );
     out
-}
-
-/// A read-only strided matrix: element `(i, j)` at `ptr + i·rs + j·cs`.
-#[derive(Clone, Copy)]
-struct View {
-    ptr: *const f32,
-    rs: isize,
-    cs: isize,
-}
-
-impl View {
-    /// Rows `rs` apart, columns contiguous.
-    fn rows(x: &[f32], rs: usize) -> Self {
-        Self {
-            ptr: x.as_ptr(),
-            rs: rs as isize,
-            cs: 1,
-        }
-    }
-
-    /// The transpose (no copy).
-    fn t(self) -> Self {
-        Self {
-            rs: self.cs,
-            cs: self.rs,
-            ..self
-        }
-    }
-}
-
-/// `dst ← lhs · rhs` (`dst += lhs · rhs` when `accumulate`) for `lhs` `m × k` and `rhs` `k × n`,
-/// `dst` with rows `dst_rs` apart and contiguous columns, on the calling thread.
-///
-/// # Safety
-/// Every element the views and `dst` address must be in bounds, and `dst` must not overlap the
-/// inputs or another thread's output.
-#[allow(clippy::too_many_arguments)]
-unsafe fn matmul(
-    (m, n, k): (usize, usize, usize),
-    dst: *mut f32,
-    dst_rs: usize,
-    lhs: View,
-    rhs: View,
-    accumulate: bool,
-) {
-    gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_rs as isize,
-        accumulate,
-        lhs.ptr,
-        lhs.cs,
-        lhs.rs,
-        rhs.ptr,
-        rhs.cs,
-        rhs.rs,
-        1.0,
-        1.0,
-        false,
-        false,
-        false,
-        Parallelism::None,
-    );
 }
 
 /// `p ← softmax(q kᵀ + bias)` for one head: `q` and `k` start at the head's first element, with

@@ -11,15 +11,19 @@ use burn::backend::autodiff::checkpoint::strategy::{
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::{backend::Backend, DType, Tensor, TensorPrimitive};
+use burn::tensor::{backend::Backend, DType, Shape, Tensor, TensorPrimitive};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::attention::{attend_backward, attend_flex};
+use super::gemm::{matmul_parallel, View};
 use super::math::{
     log_softmax_backward_rows, rms_norm_backward_rows, silu_mul_backward, softmax_backward_rows,
 };
-use super::ops::{flex_log_softmax_last, flex_rms_norm, flex_silu_mul, flex_softmax_last, CHUNK};
+use super::ops::{
+    flex_linear, flex_log_softmax_last, flex_rms_norm, flex_silu_mul, flex_softmax_last, CHUNK,
+};
+use super::{flex_from_vec, flex_zeros};
 
 /// `Autodiff<Flex, C>`'s float primitive (the same type for every checkpoint strategy).
 type AdTensor = burn::tensor::ops::FloatTensor<Autodiff<Flex>>;
@@ -213,9 +217,9 @@ impl Backward<Flex, 3> for AttentionBackward {
         let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
         let (q, k, v, bias, dims) = ops.state;
         let [b, s, h, kv, hd] = dims;
-        let mut dq = FlexTensor::zeros([b, s, h, hd].into(), DType::F32);
-        let mut dk = FlexTensor::zeros([b, s, kv, hd].into(), DType::F32);
-        let mut dv = FlexTensor::zeros([b, s, kv, hd].into(), DType::F32);
+        let mut dq = flex_zeros([b, s, h, hd]);
+        let mut dk = flex_zeros([b, s, kv, hd]);
+        let mut dv = flex_zeros([b, s, kv, hd]);
         attend_backward(
             q.storage::<f32>(),
             k.storage::<f32>(),
@@ -343,5 +347,92 @@ pub(super) fn rms_norm<B: Backend, const D: usize>(
     from_ad(match strategy {
         Strategy::None => rms_norm_with::<NoCheckpointing>(x, w, eps),
         Strategy::Balanced => rms_norm_with::<BalancedCheckpointing>(x, w, eps),
+    })
+}
+
+#[derive(Debug)]
+struct LinearBackward;
+
+impl Backward<Flex, 2> for LinearBackward {
+    /// `(x as [rows, d_in], weight [d_in, d_out], x's shape)`, contiguous.
+    type State = (FlexTensor, FlexTensor, Shape);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let (x, w, x_shape) = ops.state;
+        let [d_in, d_out] = [w.layout().shape()[0], w.layout().shape()[1]];
+        let rows = x_shape.num_elements() / d_in.max(1);
+        let (dy, x, w) = (dy.storage::<f32>(), x.storage::<f32>(), w.storage::<f32>());
+        if let Some(node) = node_x {
+            // dx = dy · wᵀ
+            let mut dx: Vec<f32> = Vec::with_capacity(rows * d_in);
+            // SAFETY: dy is rows × d_out, wᵀ is d_out × d_in, dx has room for rows × d_in and is
+            // fully written.
+            unsafe {
+                matmul_parallel(
+                    (rows, d_in, d_out),
+                    dx.as_mut_ptr(),
+                    d_in,
+                    View::rows(dy, d_out),
+                    View::rows(w, d_out).t(),
+                    false,
+                );
+                dx.set_len(rows * d_in);
+            }
+            grads.register::<Flex>(node.id, flex_from_vec(dx, x_shape));
+        }
+        if let Some(node) = node_w {
+            // dw = xᵀ · dy
+            let mut dw: Vec<f32> = Vec::with_capacity(d_in * d_out);
+            // SAFETY: xᵀ is d_in × rows, dy is rows × d_out, dw has room for d_in × d_out and is
+            // fully written.
+            unsafe {
+                matmul_parallel(
+                    (d_in, d_out, rows),
+                    dw.as_mut_ptr(),
+                    d_out,
+                    View::rows(x, d_in).t(),
+                    View::rows(dy, d_out),
+                    false,
+                );
+                dw.set_len(d_in * d_out);
+            }
+            grads.register::<Flex>(node.id, flex_from_vec(dw, [d_in, d_out]));
+        }
+    }
+}
+
+fn linear_with<C: CheckpointStrategy, const D: usize>(
+    x: AdTensor,
+    w: AdTensor,
+    out_dims: [usize; D],
+) -> AdTensor {
+    let (xf, wf) = (x.primitive.to_contiguous(), w.primitive.to_contiguous());
+    let out = flex_linear(&xf, &wf, None, out_dims);
+    match LinearBackward
+        .prepare::<C>([x.node.clone(), w.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let shape = xf.layout().shape().clone();
+            prep.finish((xf, wf, shape), out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    }
+}
+
+/// [`super::ops::linear`] without bias for `Autodiff<Flex, _>` with f32 tensors.
+pub(super) fn linear<B: Backend, const D: usize>(
+    strategy: Strategy,
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    out_dims: [usize; D],
+) -> Tensor<B, D> {
+    let (x, w) = (into_ad(x), into_ad(weight));
+    from_ad(match strategy {
+        Strategy::None => linear_with::<NoCheckpointing, D>(x, w, out_dims),
+        Strategy::Balanced => linear_with::<BalancedCheckpointing, D>(x, w, out_dims),
     })
 }

@@ -118,7 +118,7 @@ pub fn log_softmax_rows_inplace(x: &mut [f32], row_len: usize) {
     dispatch!(for row in x.chunks_exact_mut(row_len) {
         let m = max(row);
         let shift = m + sum_by(row, |v| exp(v - m)).ln();
-        row.iter_mut().for_each(|v| *v -= shift);
+        map16(row, |v| v - shift);
     })
 }
 
@@ -204,7 +204,7 @@ pub fn softmax_backward_rows(p: &[f32], g: &mut [f32], row_len: usize) {
     dispatch!(
         for (g, p) in g.chunks_exact_mut(row_len).zip(p.chunks_exact(row_len)) {
             let dot = dot(g, p);
-            g.iter_mut().zip(p).for_each(|(g, &p)| *g = p * (*g - dot));
+            zip_map16(g, p, |g, p| p * (g - dot));
         }
     )
 }
@@ -262,20 +262,64 @@ fn max(x: &[f32]) -> f32 {
     acc.iter().fold(tail, |m, &v| pick(m, v))
 }
 
-/// Softmax of one row in place; returns the row's `(max, Σ e^(x − max))` (its log-partition is
-/// `max + ln Σ`). A row whose entries are all `-inf` becomes all zeros instead of NaN.
+/// Softmax of one row in place, after adding `bias` (same length) when given; returns the
+/// row's `(max, Σ e^(x − max))` (its log-partition is `max + ln Σ`). A row whose entries are
+/// all `-inf` becomes all zeros instead of NaN. Three passes: bias and max, exp and sum, scale.
 #[inline(always)]
-fn softmax_row(row: &mut [f32]) -> (f32, f32) {
-    let m = max(row);
+fn softmax_row(row: &mut [f32], bias: Option<&[f32]>) -> (f32, f32) {
+    let m = match bias {
+        Some(b) => add_max(row, b),
+        None => max(row),
+    };
     if m == f32::NEG_INFINITY {
         row.fill(0.0);
         return (m, 0.0);
     }
-    row.iter_mut().for_each(|v| *v = exp(*v - m));
-    let s = sum_by(row, |v| v);
+    let s = exp_sum(row, m);
     let inv = 1.0 / s;
-    row.iter_mut().for_each(|v| *v *= inv);
+    map16(row, |v| v * inv);
     (m, s)
+}
+
+/// `x ← x + b` and the maximum of the result, in one pass (16 lanes, as [`max`]).
+#[inline(always)]
+fn add_max(x: &mut [f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(x.len(), b.len());
+    let pick = |a: f32, v: f32| if v > a { v } else { a };
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let mut xs = x.chunks_exact_mut(16);
+    let mut bs = b.chunks_exact(16);
+    for (c, d) in (&mut xs).zip(&mut bs) {
+        for i in 0..16 {
+            c[i] += d[i];
+            acc[i] = pick(acc[i], c[i]);
+        }
+    }
+    let mut tail = f32::NEG_INFINITY;
+    for (v, &w) in xs.into_remainder().iter_mut().zip(bs.remainder()) {
+        *v += w;
+        tail = pick(tail, *v);
+    }
+    acc.iter().fold(tail, |m, &v| pick(m, v))
+}
+
+/// `x ← e^(x − m)` and the sum of the result, in one pass (16 lanes, as [`sum_by`]).
+#[inline(always)]
+fn exp_sum(x: &mut [f32], m: f32) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let mut xs = x.chunks_exact_mut(16);
+    for c in &mut xs {
+        for i in 0..16 {
+            c[i] = exp(c[i] - m);
+            acc[i] += c[i];
+        }
+    }
+    let mut tail = 0.0f32;
+    for v in xs.into_remainder() {
+        *v = exp(*v - m);
+        tail += *v;
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Row-wise softmax of `x` viewed as `[x.len() / row_len, row_len]`, after adding `bias` (same
@@ -285,21 +329,19 @@ pub fn softmax_rows_inplace(x: &mut [f32], bias: Option<&[f32]>, row_len: usize)
     dispatch!(match bias {
         Some(bias) => {
             debug_assert_eq!(bias.len(), x.len());
-            // Row by row, so that the biased row is still in L1 for the softmax passes.
             for (row, b) in x.chunks_exact_mut(row_len).zip(bias.chunks_exact(row_len)) {
-                zip_map16(row, b, |v, b| v + b);
-                softmax_row(row);
+                softmax_row(row, Some(b));
             }
         }
         None => x.chunks_exact_mut(row_len).for_each(|row| {
-            softmax_row(row);
+            softmax_row(row, None);
         }),
     })
 }
 
 /// Softmax of one row in place (see [`softmax_rows_inplace`]); returns `(max, Σ e^(x − max))`.
 pub fn softmax_inplace(row: &mut [f32]) -> (f32, f32) {
-    dispatch!(softmax_row(row))
+    dispatch!(softmax_row(row, None))
 }
 
 #[cfg(test)]

@@ -10,20 +10,27 @@
 //! graph node with a hand-written backward; every other backend or dtype (CUDA, bf16) keeps
 //! Burn's ops.
 
+pub mod alloc;
 pub mod attention;
 mod autodiff;
+mod gemm;
 pub mod math;
 pub mod ops;
 pub mod sort;
 
 use std::any::{Any, TypeId};
 
-use burn::tensor::{backend::Backend, DType, Tensor, TensorPrimitive};
+use burn::tensor::{backend::Backend, DType, Shape, Tensor, TensorData, TensorPrimitive};
 use burn_flex::FlexTensor;
 
 /// Whether `B` stores float tensors as flex tensors (the plain CPU backend).
 pub fn is_flex<B: Backend>() -> bool {
     TypeId::of::<B::FloatTensorPrimitive>() == TypeId::of::<FlexTensor>()
+}
+
+/// Whether `B` computes on the flex CPU backend, directly or under autodiff.
+pub fn on_flex<B: Backend>() -> bool {
+    is_flex::<B>() || autodiff::strategy::<B>().is_some()
 }
 
 /// The tensor as a contiguous f32 flex tensor whose storage is exactly its elements (a strided
@@ -52,4 +59,16 @@ pub fn from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Tensor<B, D> {
         .downcast::<B::FloatTensorPrimitive>()
         .unwrap_or_else(|_| unreachable!("from_flex called with a non-flex backend"));
     Tensor::from_primitive(TensorPrimitive::Float(primitive))
+}
+
+/// A contiguous f32 flex tensor owning `values` (no copy). `FlexTensor::zeros`/`empty` allocate
+/// a zeroed byte vector and then copy it into a 16-byte-aligned one: twice the memory traffic.
+pub(crate) fn flex_from_vec(values: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+/// A zeroed contiguous f32 flex tensor (see [`flex_from_vec`]).
+pub(crate) fn flex_zeros(shape: impl Into<Shape>) -> FlexTensor {
+    let shape = shape.into();
+    flex_from_vec(vec![0.0; shape.num_elements()], shape)
 }

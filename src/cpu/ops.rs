@@ -8,10 +8,11 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::autodiff;
+use super::gemm::{matmul_parallel, View};
 use super::math::{
     log_softmax_rows_inplace, rms_norm_rows, silu_mul_inplace, softmax_rows_inplace,
 };
-use super::{expect_flex, from_flex, is_flex};
+use super::{expect_flex, flex_from_vec, from_flex, is_flex};
 
 /// Elements per parallel task: big enough to amortise scheduling, small enough to split a
 /// layer's activations over the cores.
@@ -88,6 +89,86 @@ pub fn log_softmax_last<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B
     }
 }
 
+/// `x · weight + bias` over the last dimension (weight stored `[d_in, d_out]`). On flex f32 the
+/// product is written straight into the output buffer with the bias as its starting value;
+/// under autodiff over flex one node computes both gradients with strided products (no
+/// transposed copies, no re-aligning copy of each output).
+///
+/// # Shapes
+/// - x: `[..., d_in]` → `[..., d_out]`
+/// - weight: `[d_in, d_out]`
+/// - bias: `[d_out]`
+pub fn linear<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, D> {
+    let [d_in, d_out] = weight.dims();
+    let fits = x.dims()[D - 1] == d_in && bias.as_ref().is_none_or(|b| b.dims() == [d_out]);
+    let mut out_dims = x.dims();
+    out_dims[D - 1] = d_out;
+    if fits
+        && flex_f32(&[&x])
+        && flex_f32(&[&weight])
+        && bias.as_ref().is_none_or(|b| flex_f32(&[b]))
+    {
+        let bias = bias.map(expect_flex);
+        return from_flex(flex_linear(
+            &expect_flex(x),
+            &expect_flex(weight),
+            bias.as_ref(),
+            out_dims,
+        ));
+    }
+    if let Some(strategy) = autodiff::strategy::<B>() {
+        if fits && autodiff::inner_f32(&[&x]) && autodiff::inner_f32(&[&weight]) {
+            let y = autodiff::linear(strategy, x, weight, out_dims);
+            return match bias {
+                Some(b) => y + b.unsqueeze(),
+                None => y,
+            };
+        }
+    }
+    burn::tensor::module::linear(x, weight, bias)
+}
+
+/// [`linear`] on flex f32 tensors; `out_dims` is `x`'s shape with `d_out` last.
+pub(super) fn flex_linear<const D: usize>(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    bias: Option<&FlexTensor>,
+    out_dims: [usize; D],
+) -> FlexTensor {
+    let (x, w) = (x.to_contiguous(), w.to_contiguous());
+    let d_out = out_dims[D - 1];
+    let d_in = w.layout().shape().num_elements() / d_out.max(1);
+    let rows = out_dims[..D - 1].iter().product::<usize>();
+    let len = rows * d_out;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    if let Some(b) = bias {
+        let b = b.to_contiguous();
+        for _ in 0..rows {
+            out.extend_from_slice(b.storage::<f32>());
+        }
+    }
+    if len > 0 {
+        // SAFETY: x is rows × d_in, w is d_in × d_out, and `out` has room for rows × d_out; it
+        // is read only when the bias initialised it, and fully written by the product.
+        unsafe {
+            matmul_parallel(
+                (rows, d_out, d_in),
+                out.as_mut_ptr(),
+                d_out,
+                View::rows(x.storage::<f32>(), d_in),
+                View::rows(w.storage::<f32>(), d_out),
+                bias.is_some(),
+            );
+            out.set_len(len);
+        }
+    }
+    flex_from_vec(out, out_dims)
+}
+
 /// RMSNorm over the last dimension: `x · weight / sqrt(mean(x²) + eps)` (HF `Qwen2RMSNorm`).
 ///
 /// # Shapes
@@ -124,7 +205,7 @@ pub(super) fn flex_rms_norm(x: &FlexTensor, w: &FlexTensor, eps: f32) -> FlexTen
     let (x, w) = (x.to_contiguous(), w.to_contiguous());
     let w = w.storage::<f32>();
     let d = w.len();
-    let mut out = FlexTensor::zeros(x.layout().shape().clone(), DType::F32);
+    let mut out = super::flex_zeros(x.layout().shape().clone());
     let rows_per_task = CHUNK.div_ceil(d);
     out.storage_mut::<f32>()
         .par_chunks_mut(rows_per_task * d)
@@ -207,6 +288,29 @@ mod tests {
                 &softmax(scores.clone(), 3).into_data(),
                 Tolerance::absolute(1e-6),
             );
+        let lx = Tensor::<Cpu, 4>::random([2, 3, 7, 40], Distribution::Normal(0.0, 1.0), &device);
+        let lw = Tensor::<Cpu, 2>::random([40, 19], Distribution::Normal(0.0, 1.0), &device);
+        let lb = Tensor::<Cpu, 1>::random([19], Distribution::Normal(0.0, 1.0), &device);
+        for b in [Some(lb), None] {
+            let want = burn::tensor::module::linear(lx.clone(), lw.clone(), b.clone());
+            let got = linear(lx.clone(), lw.clone(), b);
+            assert_eq!(got.dims(), [2, 3, 7, 19]);
+            got.into_data()
+                .assert_approx_eq::<f32>(&want.into_data(), Tolerance::absolute(1e-4));
+        }
+        // A strided (transposed) input is read correctly.
+        let lt = Tensor::<Cpu, 3>::random([2, 40, 7], Distribution::Normal(0.0, 1.0), &device)
+            .swap_dims(1, 2);
+        linear(lt.clone(), lw.clone(), None)
+            .into_data()
+            .assert_approx_eq::<f32>(
+                &burn::tensor::module::linear(lt, lw.clone(), None).into_data(),
+                Tolerance::absolute(1e-4),
+            );
+        assert_eq!(
+            linear(Tensor::<Cpu, 3>::zeros([0, 4, 40], &device), lw, None).dims(),
+            [0, 4, 19]
+        );
         let x = Tensor::<Cpu, 3>::random([2, 5, 40], Distribution::Normal(0.0, 2.0), &device);
         let w = Tensor::<Cpu, 1>::random([40], Distribution::Normal(1.0, 0.3), &device);
         let inv = (x.clone().square().mean_dim(2) + 1e-6).sqrt().recip();
@@ -292,6 +396,41 @@ mod tests {
             x.grad(&(out * w.clone()).sum().backward()).unwrap()
         };
         close(grads_of(true), grads_of(false));
+
+        // Linear with and without bias: gradients of the input, weight and bias.
+        let lw = Tensor::<B, 2>::random([37, 23], Distribution::Normal(0.0, 0.5), &device);
+        let lb = Tensor::<B, 1>::random([23], Distribution::Normal(0.0, 0.5), &device);
+        let lw_out = rand([2, 9, 23], 1.0);
+        for with_bias in [true, false] {
+            let grads_of = |fused: bool| {
+                let (x, lw, lb) = (
+                    x.clone().require_grad(),
+                    lw.clone().require_grad(),
+                    lb.clone().require_grad(),
+                );
+                let b = with_bias.then(|| lb.clone());
+                let out = if fused {
+                    linear(x.clone(), lw.clone(), b)
+                } else {
+                    burn::tensor::module::linear(x.clone(), lw.clone(), b)
+                };
+                let grads = (out * lw_out.clone()).sum().backward();
+                (
+                    x.grad(&grads).unwrap(),
+                    lw.grad(&grads).unwrap(),
+                    lb.grad(&grads),
+                )
+            };
+            let ((fx, fw, fb), (rx, rw, rb)) = (grads_of(true), grads_of(false));
+            close(fx, rx);
+            fw.into_data()
+                .assert_approx_eq::<f32>(&rw.into_data(), Tolerance::absolute(1e-4));
+            assert_eq!(fb.is_some(), with_bias);
+            if let (Some(fb), Some(rb)) = (fb, rb) {
+                fb.into_data()
+                    .assert_approx_eq::<f32>(&rb.into_data(), Tolerance::absolute(1e-4));
+            }
+        }
     }
 
     #[test]

@@ -4,9 +4,9 @@
 /// Reusable buffers for [`argsort_descending`].
 #[derive(Debug, Default)]
 pub struct RadixScratch {
-    keys: Vec<u32>,
-    keys_tmp: Vec<u32>,
-    order_tmp: Vec<u32>,
+    /// `key << 32 | index`: one array to move per pass instead of two.
+    items: Vec<u64>,
+    items_tmp: Vec<u64>,
 }
 
 /// A u32 whose unsigned order is the descending total order of f32 (`+NaN` first, then `+inf`
@@ -27,40 +27,44 @@ fn descending_key(x: f32) -> u32 {
 pub fn argsort_descending(values: &[f32], order: &mut Vec<u32>, scratch: &mut RadixScratch) {
     let n = values.len();
     assert!(n <= u32::MAX as usize, "argsort_descending: row too long");
-    let RadixScratch {
-        keys,
-        keys_tmp,
-        order_tmp,
-    } = scratch;
-    keys.clear();
-    keys.extend(values.iter().map(|&v| descending_key(v)));
-    order.clear();
-    order.extend(0..n as u32);
-    keys_tmp.resize(n, 0);
-    order_tmp.resize(n, 0);
-    for shift in [0u32, 8, 16, 24] {
-        let mut counts = [0usize; 256];
-        for &k in keys.iter() {
-            counts[((k >> shift) & 0xff) as usize] += 1;
+    let RadixScratch { items, items_tmp } = scratch;
+    items.clear();
+    items.extend(
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (u64::from(descending_key(v)) << 32) | i as u64),
+    );
+    // All four digit histograms in one read.
+    let mut counts = [[0u32; 256]; 4];
+    for &item in items.iter() {
+        let key = (item >> 32) as u32;
+        for (digit, c) in counts.iter_mut().enumerate() {
+            c[((key >> (8 * digit)) & 0xff) as usize] += 1;
         }
-        if counts.contains(&n) {
+    }
+    items_tmp.resize(n, 0);
+    for (digit, counts) in counts.iter().enumerate() {
+        if counts.iter().any(|&c| c as usize == n) {
             continue; // every key has the same digit here: the pass would not move anything
         }
         let mut next = [0usize; 256];
         let mut total = 0;
-        for (slot, &c) in next.iter_mut().zip(&counts) {
+        for (slot, &c) in next.iter_mut().zip(counts) {
             *slot = total;
-            total += c;
+            total += c as usize;
         }
-        for (&k, &i) in keys.iter().zip(order.iter()) {
-            let d = ((k >> shift) & 0xff) as usize;
-            keys_tmp[next[d]] = k;
-            order_tmp[next[d]] = i;
+        let shift = 32 + 8 * digit;
+        for &item in items.iter() {
+            let d = ((item >> shift) & 0xff) as usize;
+            // `next[d]` stays below n: the counts of digit d sum to n.
+            items_tmp[next[d]] = item;
             next[d] += 1;
         }
-        std::mem::swap(keys, keys_tmp);
-        std::mem::swap(order, order_tmp);
+        std::mem::swap(items, items_tmp);
     }
+    order.clear();
+    order.extend(items.iter().map(|&item| item as u32));
 }
 
 #[cfg(test)]

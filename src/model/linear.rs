@@ -52,7 +52,7 @@ impl<B: Backend> Linear<B> {
     /// # Shapes
     /// - input: `[..., d_in]` → output `[..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        burn::tensor::module::linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
+        crate::cpu::ops::linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
     }
 
     /// Record under HF keys and layout.

@@ -51,6 +51,9 @@ impl<B: Backend> DiffusionLm<B> {
 
     /// Build every parameter from `source` by HF key.
     pub fn from_source<S: WeightSource<B>>(config: &ModelConfig, source: &mut S) -> Result<Self> {
+        if crate::cpu::on_flex::<B>() {
+            crate::cpu::alloc::retain_freed_memory();
+        }
         let c = config;
         let embed_tokens = source.tensor(
             "model.embed_tokens.weight",
