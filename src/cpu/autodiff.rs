@@ -21,7 +21,8 @@ use super::math::{
     log_softmax_backward_rows, rms_norm_backward_rows, silu_mul_backward, softmax_backward_rows,
 };
 use super::ops::{
-    flex_linear, flex_log_softmax_last, flex_rms_norm, flex_silu_mul, flex_softmax_last, CHUNK,
+    flex_linear, flex_log_softmax_last, flex_rms_norm, flex_rope, flex_rope_with, flex_silu_mul,
+    flex_softmax_last, CHUNK,
 };
 use super::{flex_from_vec, flex_zeros};
 
@@ -434,5 +435,58 @@ pub(super) fn linear<B: Backend, const D: usize>(
     from_ad(match strategy {
         Strategy::None => linear_with::<NoCheckpointing, D>(x, w, out_dims),
         Strategy::Balanced => linear_with::<BalancedCheckpointing, D>(x, w, out_dims),
+    })
+}
+
+#[derive(Debug)]
+struct RopeBackward;
+
+impl Backward<Flex, 1> for RopeBackward {
+    /// `(cos, sin, head_dim, scale)`, contiguous.
+    type State = (FlexTensor, FlexTensor, usize, f32);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let Some(node) = node else { return };
+        let (cos, sin, head_dim, scale) = ops.state;
+        let dx = flex_rope_with(&grad, &cos, &sin, head_dim, scale, true);
+        grads.register::<Flex>(node.id, dx);
+    }
+}
+
+fn rope_with<C: CheckpointStrategy>(
+    x: AdTensor,
+    cos: FlexTensor,
+    sin: FlexTensor,
+    head_dim: usize,
+    scale: f32,
+) -> AdTensor {
+    let out = flex_rope(&x.primitive, &cos, &sin, head_dim, scale);
+    match RopeBackward
+        .prepare::<C>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((cos, sin, head_dim, scale), out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    }
+}
+
+/// [`super::ops::rope`] for `Autodiff<Flex, _>` with f32 tensors; the tables are constants.
+pub(super) fn rope<B: Backend>(
+    strategy: Strategy,
+    x: Tensor<B, 4>,
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+    scale: f32,
+) -> Tensor<B, 4> {
+    let head_dim = x.dims()[3];
+    let cos = into_ad(cos).primitive.to_contiguous();
+    let sin = into_ad(sin).primitive.to_contiguous();
+    let x = into_ad(x);
+    from_ad(match strategy {
+        Strategy::None => rope_with::<NoCheckpointing>(x, cos, sin, head_dim, scale),
+        Strategy::Balanced => rope_with::<BalancedCheckpointing>(x, cos, sin, head_dim, scale),
     })
 }

@@ -46,6 +46,8 @@ const ROUND: f32 = 12_582_912.0;
 
 /// `e^x` for one lane, written so that a loop of it vectorises. Results below `e^-87.3` are 0
 /// (so a blocked logit's weight is exactly zero); the input is capped at 88 (no overflow).
+/// Meant for loops inside the kernels here, which are compiled with FMA: elsewhere on x86 each
+/// of its fused multiply-adds is a libm call.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     let xc = x.clamp(-87.5, 88.0);
@@ -54,14 +56,16 @@ pub fn exp(x: f32) -> f32 {
     // `n` as an integer straight from the bits of `t` (ROUND + n shares ROUND's exponent): a
     // saturating `as i32` would not vectorise.
     let n_int = t.to_bits().wrapping_sub(ROUND.to_bits());
-    let r = xc - n * LN2_HI - n * LN2_LO;
+    // Fused multiply-adds: the kernels run this inside AVX2+FMA or AVX-512 functions (or on a
+    // target with native FMA); only the portable x86 fallback pays a libm `fmaf` call.
+    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, xc));
     let mut p = 1.987_569_2e-4f32;
-    p = p * r + 1.398_2e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let y = p * r * r + r + 1.0;
+    p = p.mul_add(r, 1.398_2e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 1.666_666_5e-1);
+    p = p.mul_add(r, 0.5);
+    let y = (p * r).mul_add(r, r + 1.0);
     let scale = f32::from_bits(n_int.wrapping_add(127) << 23);
     if x < -87.3 {
         0.0
@@ -116,7 +120,7 @@ pub fn silu_mul_inplace(gate: &mut [f32], up: &[f32]) {
 pub fn log_softmax_rows_inplace(x: &mut [f32], row_len: usize) {
     debug_assert!(row_len > 0 && x.len().is_multiple_of(row_len));
     dispatch!(for row in x.chunks_exact_mut(row_len) {
-        let m = max(row);
+        let m = add_max(row, None);
         let shift = m + sum_by(row, |v| exp(v - m)).ln();
         map16(row, |v| v - shift);
     })
@@ -244,12 +248,14 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// The maximum of `x` (`-inf` when empty; NaN never wins).
 #[inline(always)]
 fn max(x: &[f32]) -> f32 {
+    // LLVM vectorises neither a float max reduction (it would need fast-math) nor, in the
+    // softmax, the bias add next to it; 16 accumulators at least keep this pipelined.
+    let pick = |a: f32, v: f32| if v > a { v } else { a };
     let mut acc = [f32::NEG_INFINITY; 16];
     let chunks = x.chunks_exact(16);
-    // `if v > a` rather than `f32::max`: the same result (NaN never wins) without NaN fix-ups.
-    let pick = |a: f32, v: f32| if v > a { v } else { a };
     let tail = chunks
         .remainder()
         .iter()
@@ -262,15 +268,59 @@ fn max(x: &[f32]) -> f32 {
     acc.iter().fold(tail, |m, &v| pick(m, v))
 }
 
+/// `x ← x + bias` (when given) and the maximum of the result, with AVX-512 intrinsics where
+/// the CPU has them.
+#[inline(always)]
+fn add_max(x: &mut [f32], bias: Option<&[f32]>) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the feature was detected on this CPU.
+        return unsafe { add_max_avx512(x, bias) };
+    }
+    if let Some(b) = bias {
+        zip_map16(x, b, |v, b| v + b);
+    }
+    max(x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn add_max_avx512(x: &mut [f32], bias: Option<&[f32]>) -> f32 {
+    use std::arch::x86_64::*;
+    debug_assert!(bias.is_none_or(|b| b.len() == x.len()));
+    let low = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut acc = low;
+    let n = x.len();
+    let mut i = 0;
+    while i < n {
+        let left = n - i;
+        let mask: u16 = if left >= 16 {
+            u16::MAX
+        } else {
+            (1u16 << left) - 1
+        };
+        // SAFETY: the mask covers only elements `i..n` of `x` and of `bias` (same length).
+        unsafe {
+            let p = x.as_mut_ptr().add(i);
+            let mut v = _mm512_mask_loadu_ps(low, mask, p);
+            if let Some(b) = bias {
+                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, b.as_ptr().add(i)));
+                _mm512_mask_storeu_ps(p, mask, v);
+            }
+            // MAXPS returns its second operand when either is NaN: a NaN never wins.
+            acc = _mm512_max_ps(v, acc);
+        }
+        i += 16;
+    }
+    _mm512_reduce_max_ps(acc)
+}
+
 /// Softmax of one row in place, after adding `bias` (same length) when given; returns the
 /// row's `(max, Σ e^(x − max))` (its log-partition is `max + ln Σ`). A row whose entries are
-/// all `-inf` becomes all zeros instead of NaN. Three passes: bias and max, exp and sum, scale.
+/// all `-inf` becomes all zeros instead of NaN.
 #[inline(always)]
 fn softmax_row(row: &mut [f32], bias: Option<&[f32]>) -> (f32, f32) {
-    let m = match bias {
-        Some(b) => add_max(row, b),
-        None => max(row),
-    };
+    let m = add_max(row, bias);
     if m == f32::NEG_INFINITY {
         row.fill(0.0);
         return (m, 0.0);
@@ -279,28 +329,6 @@ fn softmax_row(row: &mut [f32], bias: Option<&[f32]>) -> (f32, f32) {
     let inv = 1.0 / s;
     map16(row, |v| v * inv);
     (m, s)
-}
-
-/// `x ← x + b` and the maximum of the result, in one pass (16 lanes, as [`max`]).
-#[inline(always)]
-fn add_max(x: &mut [f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(x.len(), b.len());
-    let pick = |a: f32, v: f32| if v > a { v } else { a };
-    let mut acc = [f32::NEG_INFINITY; 16];
-    let mut xs = x.chunks_exact_mut(16);
-    let mut bs = b.chunks_exact(16);
-    for (c, d) in (&mut xs).zip(&mut bs) {
-        for i in 0..16 {
-            c[i] += d[i];
-            acc[i] = pick(acc[i], c[i]);
-        }
-    }
-    let mut tail = f32::NEG_INFINITY;
-    for (v, &w) in xs.into_remainder().iter_mut().zip(bs.remainder()) {
-        *v += w;
-        tail = pick(tail, *v);
-    }
-    acc.iter().fold(tail, |m, &v| pick(m, v))
 }
 
 /// `x ← e^(x − m)` and the sum of the result, in one pass (16 lanes, as [`sum_by`]).

@@ -169,6 +169,107 @@ pub(super) fn flex_linear<const D: usize>(
     flex_from_vec(out, out_dims)
 }
 
+/// Rotary embedding in the HF `rotate_half` convention, times `scale`:
+/// `(x · cos + rotate_half(x) · sin) · scale` with `rotate_half([x1, x2]) = [-x2, x1]`. On flex
+/// f32 one pass (and, under autodiff over flex, one node whose backward is the inverse
+/// rotation); elsewhere Burn's ops, with `rotate_half` as a product by the `[head_dim, head_dim]`
+/// permutation `rotate_half`.
+///
+/// # Shapes
+/// - x, cos, sin: `[batch, seq, heads, head_dim]` → the same shape
+/// - rotate_half: `[head_dim, head_dim]`
+pub fn rope<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+    rotate_half: Tensor<B, 2>,
+    scale: f32,
+) -> Tensor<B, 4> {
+    let [b, s, h, d] = x.dims();
+    let fits = cos.dims() == x.dims() && sin.dims() == x.dims() && d % 2 == 0 && d > 0;
+    if fits && flex_f32(&[&x, &cos, &sin]) {
+        return from_flex(flex_rope(
+            &expect_flex(x),
+            &expect_flex(cos),
+            &expect_flex(sin),
+            d,
+            scale,
+        ));
+    }
+    if let Some(strategy) = autodiff::strategy::<B>() {
+        if fits && autodiff::inner_f32(&[&x, &cos, &sin]) {
+            return autodiff::rope(strategy, x, cos, sin, scale);
+        }
+    }
+    let rotated = x
+        .clone()
+        .reshape([b * s * h, d])
+        .matmul(rotate_half)
+        .reshape([b, s, h, d]);
+    let out = x * cos + rotated * sin;
+    if scale == 1.0 {
+        out
+    } else {
+        out * scale
+    }
+}
+
+/// [`rope`] on flex f32 tensors of equal shapes, rows of `head_dim`; with `inverse`, the
+/// transposed rotation (`rope`'s backward: `g · cos − rotate_half(g · sin)`).
+pub(super) fn flex_rope_with(
+    x: &FlexTensor,
+    cos: &FlexTensor,
+    sin: &FlexTensor,
+    head_dim: usize,
+    scale: f32,
+    inverse: bool,
+) -> FlexTensor {
+    let (x, cos, sin) = (x.to_contiguous(), cos.to_contiguous(), sin.to_contiguous());
+    let shape = x.layout().shape().clone();
+    let mut out = vec![0.0f32; shape.num_elements()];
+    let half = head_dim / 2;
+    let chunk = CHUNK.div_ceil(head_dim) * head_dim;
+    out.par_chunks_mut(chunk)
+        .zip(x.storage::<f32>().par_chunks(chunk))
+        .zip(cos.storage::<f32>().par_chunks(chunk))
+        .zip(sin.storage::<f32>().par_chunks(chunk))
+        .for_each(|(((o, x), c), s)| {
+            let rows = o
+                .chunks_exact_mut(head_dim)
+                .zip(x.chunks_exact(head_dim))
+                .zip(c.chunks_exact(head_dim).zip(s.chunks_exact(head_dim)));
+            for ((o, x), (c, s)) in rows {
+                let (x1, x2) = x.split_at(half);
+                let (o1, o2) = o.split_at_mut(half);
+                if inverse {
+                    // dx1 = g1·c1 + g2·s2, dx2 = g2·c2 − g1·s1
+                    for j in 0..half {
+                        o1[j] = (x1[j] * c[j] + x2[j] * s[j + half]) * scale;
+                        o2[j] = (x2[j] * c[j + half] - x1[j] * s[j]) * scale;
+                    }
+                } else {
+                    // y1 = x1·c1 − x2·s1, y2 = x2·c2 + x1·s2
+                    for j in 0..half {
+                        o1[j] = (x1[j] * c[j] - x2[j] * s[j]) * scale;
+                        o2[j] = (x2[j] * c[j + half] + x1[j] * s[j + half]) * scale;
+                    }
+                }
+            }
+        });
+    flex_from_vec(out, shape)
+}
+
+/// [`rope`] on flex f32 tensors of equal shapes.
+pub(super) fn flex_rope(
+    x: &FlexTensor,
+    cos: &FlexTensor,
+    sin: &FlexTensor,
+    head_dim: usize,
+    scale: f32,
+) -> FlexTensor {
+    flex_rope_with(x, cos, sin, head_dim, scale, false)
+}
+
 /// RMSNorm over the last dimension: `x · weight / sqrt(mean(x²) + eps)` (HF `Qwen2RMSNorm`).
 ///
 /// # Shapes
@@ -298,6 +399,18 @@ mod tests {
             got.into_data()
                 .assert_approx_eq::<f32>(&want.into_data(), Tolerance::absolute(1e-4));
         }
+        let rx = Tensor::<Cpu, 4>::random([2, 7, 3, 16], Distribution::Normal(0.0, 1.0), &device);
+        let rc = Tensor::<Cpu, 4>::random([2, 7, 3, 16], Distribution::Normal(0.0, 1.0), &device);
+        let rs = Tensor::<Cpu, 4>::random([2, 7, 3, 16], Distribution::Normal(0.0, 1.0), &device);
+        for scale in [1.0, 0.25] {
+            let r = rotate_half_matrix::<Cpu>(16, &device);
+            rope(rx.clone(), rc.clone(), rs.clone(), r, scale)
+                .into_data()
+                .assert_approx_eq::<f32>(
+                    &rope_reference(rx.clone(), rc.clone(), rs.clone(), scale).into_data(),
+                    Tolerance::absolute(1e-5),
+                );
+        }
         // A strided (transposed) input is read correctly.
         let lt = Tensor::<Cpu, 3>::random([2, 40, 7], Distribution::Normal(0.0, 1.0), &device)
             .swap_dims(1, 2);
@@ -326,6 +439,33 @@ mod tests {
                 &log_softmax(scores, 3).into_data(),
                 Tolerance::absolute(1e-5),
             );
+    }
+
+    /// `[d, d]` with `x · R = rotate_half(x)`.
+    fn rotate_half_matrix<B: Backend>(d: usize, device: &B::Device) -> Tensor<B, 2> {
+        let half = d / 2;
+        let mut r = vec![0.0f32; d * d];
+        for j in 0..half {
+            r[(j + half) * d + j] = -1.0;
+            r[j * d + j + half] = 1.0;
+        }
+        Tensor::<B, 1>::from_floats(r.as_slice(), device).reshape([d, d])
+    }
+
+    fn rope_reference<B: Backend>(
+        x: Tensor<B, 4>,
+        cos: Tensor<B, 4>,
+        sin: Tensor<B, 4>,
+        scale: f32,
+    ) -> Tensor<B, 4> {
+        let [b, s, h, d] = x.dims();
+        let r = rotate_half_matrix::<B>(d, &x.device());
+        let rotated = x
+            .clone()
+            .reshape([b * s * h, d])
+            .matmul(r)
+            .reshape([b, s, h, d]);
+        (x * cos + rotated * sin) * scale
     }
 
     /// The fused ops' hand-written backward equals autodiff through Burn's composition.
@@ -396,6 +536,30 @@ mod tests {
             x.grad(&(out * w.clone()).sum().backward()).unwrap()
         };
         close(grads_of(true), grads_of(false));
+
+        // RoPE (tables are constants): the input's gradient.
+        let rand4 = |shape: [usize; 4]| {
+            Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device)
+        };
+        let (rx, rc, rs, rw) = (
+            rand4([2, 5, 3, 8]),
+            rand4([2, 5, 3, 8]),
+            rand4([2, 5, 3, 8]),
+            rand4([2, 5, 3, 8]),
+        );
+        let grads_of = |fused: bool| {
+            let x = rx.clone().require_grad();
+            let out = if fused {
+                let r = rotate_half_matrix::<B>(8, &device);
+                rope(x.clone(), rc.clone(), rs.clone(), r, 0.5)
+            } else {
+                rope_reference(x.clone(), rc.clone(), rs.clone(), 0.5)
+            };
+            x.grad(&(out * rw.clone()).sum().backward()).unwrap()
+        };
+        grads_of(true)
+            .into_data()
+            .assert_approx_eq::<f32>(&grads_of(false).into_data(), Tolerance::absolute(1e-5));
 
         // Linear with and without bias: gradients of the input, weight and bias.
         let lw = Tensor::<B, 2>::random([37, 23], Distribution::Normal(0.0, 0.5), &device);

@@ -82,9 +82,9 @@ impl<B: Backend> Attention<B> {
         let scale = (hd as f64).powf(-0.5);
         let r = || rope.rotate_half.clone();
         let q = self.q_proj.forward(x.clone()).reshape([b, s, h, hd]);
-        let q = apply_rope(q, rope.cos_q.clone(), rope.sin_q.clone(), r()) * scale;
+        let q = apply_rope(q, rope.cos_q.clone(), rope.sin_q.clone(), r(), scale as f32);
         let k = self.k_proj.forward(x.clone()).reshape([b, s, kv, hd]);
-        let k = apply_rope(k, rope.cos_k.clone(), rope.sin_k.clone(), r());
+        let k = apply_rope(k, rope.cos_k.clone(), rope.sin_k.clone(), r(), 1.0);
         let v = self.v_proj.forward(x).reshape([b, s, kv, hd]);
         if attention::applies::<B>(dtype) {
             let bias = bias.map(|bias| bias.per_sequence.clone());

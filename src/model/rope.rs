@@ -65,7 +65,8 @@ pub fn rope_tables<B: Backend>(
     }
 }
 
-/// `x * cos + rotate_half(x) * sin`, with `rotate_half([x1, x2]) = [-x2, x1]`.
+/// `(x * cos + rotate_half(x) * sin) * scale`, with `rotate_half([x1, x2]) = [-x2, x1]`
+/// (one fused pass on the CPU backend, see [`crate::cpu::ops::rope`]).
 ///
 /// # Shapes
 /// - x: `[batch, seq, heads, head_dim]` (contiguous, as the projections produce it)
@@ -75,12 +76,7 @@ pub fn apply_rope<B: Backend>(
     cos: Tensor<B, 4>,
     sin: Tensor<B, 4>,
     rotate_half: Tensor<B, 2>,
+    scale: f32,
 ) -> Tensor<B, 4> {
-    let [b, s, h, d] = x.dims();
-    let rotated = x
-        .clone()
-        .reshape([b * s * h, d])
-        .matmul(rotate_half)
-        .reshape([b, s, h, d]);
-    x * cos + rotated * sin
+    crate::cpu::ops::rope(x, cos, sin, rotate_half, scale)
 }

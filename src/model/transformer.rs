@@ -2,7 +2,7 @@
 //! mask removed, read top to bottom in one place. Field names mirror the HF safetensors keys.
 
 use burn::module::{Module, Param};
-use burn::tensor::{backend::Backend, DType, Int, Tensor};
+use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
 
 use super::attention::AttentionBias;
 use super::block::Block;
@@ -192,7 +192,28 @@ impl<B: Backend> DiffusionLm<B> {
 /// # Shapes
 /// - mask: `[batch, seq]` (1 = token) → `[batch, 1, seq, seq]` f32
 pub fn padding_bias<B: Backend>(mask: Tensor<B, 2, Int>) -> Tensor<B, 4> {
-    let [_, s] = mask.dims();
+    let [b, s] = mask.dims();
+    if crate::cpu::on_flex::<B>() {
+        // On the CPU the mask is already host memory; Burn's broadcast products below would
+        // walk element by element (2 % of a rollout forward).
+        let device = mask.device();
+        let mask: Vec<i64> = mask
+            .into_data()
+            .convert::<i64>()
+            .into_vec()
+            .expect("an Int tensor converts to i64");
+        let mut bias = vec![0.0f32; b * s * s];
+        for (m, out) in mask.chunks_exact(s).zip(bias.chunks_exact_mut(s * s)) {
+            for (i, row) in out.chunks_exact_mut(s).enumerate() {
+                for (j, v) in row.iter_mut().enumerate() {
+                    if i != j && (m[i] == 0 || m[j] == 0) {
+                        *v = MASK_BIAS;
+                    }
+                }
+            }
+        }
+        return Tensor::from_data(TensorData::new(bias, [b, 1, s, s]), &device);
+    }
     let valid = mask.float();
     let pair = valid.clone().unsqueeze_dim::<3>(2) * valid.unsqueeze_dim::<3>(1); // [b, s, s]
     let eye = Tensor::<B, 2>::eye(s, &pair.device()).unsqueeze::<3>();
