@@ -5,12 +5,14 @@
 //!     cargo bench --bench model -- --batch 4 --seq 128 --steps 3
 //!
 //! Prints ms/step, tokens/s, achieved GFLOP/s (matmul FLOPs, x3 for fwd+bwd) and the ratio to
-//! the best matmul GFLOP/s measured in the same run.
+//! the best matmul GFLOP/s measured in the same run. The ceiling is sampled between the timed
+//! steps (3 products per shape after each step), so that both see the same machine: on a shared
+//! VM the GEMM speed drifts by 20–40 % within a minute.
 
 use burn::tensor::DType;
 use coupled_grpo::backend::{Cpu, CpuAutodiff};
 use coupled_grpo::model::ModelConfig;
-use coupled_grpo::perf::{arg, matmul_flops, train_step};
+use coupled_grpo::perf::{arg, matmul_flops, median, train_step_observed, Phase};
 
 fn main() {
     let batch = arg("--batch", 8);
@@ -35,19 +37,35 @@ fn main() {
         config.intermediate_size,
         config.vocab_size,
     );
-    let mut ceiling: f64 = 0.0;
-    for (m, k, n) in [
+    let shapes = [
         (tokens, d, f),
         (tokens, f, d),
         (tokens, d, v),
         (tokens, d, d),
-    ] {
-        let g = matmul_flops::<Cpu>(m, k, n, 20, DType::F32, &device) / 1e9;
+    ];
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); shapes.len()];
+    let s = train_step_observed::<CpuAutodiff>(
+        &config,
+        batch,
+        seq,
+        steps,
+        DType::F32,
+        &device,
+        &mut |step, phase, _| {
+            // After each timed step (not the first, which warms up): outside the step's clock.
+            if step > 0 && matches!(phase, Phase::Optimizer) {
+                for (&(m, k, n), out) in shapes.iter().zip(samples.iter_mut()) {
+                    out.push(matmul_flops::<Cpu>(m, k, n, 3, DType::F32, &device) / 1e9);
+                }
+            }
+        },
+    );
+    let mut ceiling: f64 = 0.0;
+    for (&(m, k, n), g) in shapes.iter().zip(samples) {
+        let g = median(g);
         println!("matmul [{m}x{k}]x[{k}x{n}]: {g:.1} GFLOP/s");
         ceiling = ceiling.max(g);
     }
-
-    let s = train_step::<CpuAutodiff>(&config, batch, seq, steps, DType::F32, &device);
     let gflops = s.flops_per_s() / 1e9;
     println!(
         "train step: {:.1} ms (fwd {:.1} + bwd {:.1} + AdamW {:.1}), {:.0} tokens/s, {gflops:.1} GFLOP/s",

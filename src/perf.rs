@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{activation::softmax, DType, Distribution, Int, Tensor, TensorData};
 
@@ -143,10 +143,7 @@ pub fn train_step_observed<B: AutodiffBackend>(
     let sync = || B::sync(device).expect("device sync");
     let t_init = Instant::now();
     let mut model = DiffusionLm::<B>::init_on_device(config, device, dtype);
-    let mut optim = AdamWConfig::new()
-        .with_beta_2(0.99)
-        .with_weight_decay(0.1)
-        .init::<B, DiffusionLm<B>>();
+    let mut optim = crate::grpo::FusedAdamW::new(0.9, 0.99, 1e-5, 0.1).init::<B, DiffusionLm<B>>();
     let ids = Tensor::<B, 2, Int>::random(
         [batch, seq],
         Distribution::Uniform(0.0, config.vocab_size as f64),

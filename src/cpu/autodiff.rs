@@ -10,6 +10,7 @@ use burn::backend::autodiff::checkpoint::strategy::{
 };
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::NodeId;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{backend::Backend, DType, Shape, Tensor, TensorPrimitive};
 use burn_flex::FlexTensor;
@@ -354,52 +355,100 @@ pub(super) fn rms_norm<B: Backend, const D: usize>(
 #[derive(Debug)]
 struct LinearBackward;
 
+/// As [`LinearBackward`], with the bias as a third parent.
+#[derive(Debug)]
+struct LinearBiasBackward;
+
+/// `(x as [rows, d_in], weight [d_in, d_out], x's shape)`, contiguous.
+type LinearState = (FlexTensor, FlexTensor, Shape);
+
+/// Registers `dx = dy · wᵀ` and `dw = xᵀ · dy` for the parents that are tracked.
+fn linear_grads(
+    grads: &mut Gradients,
+    dy: &FlexTensor,
+    [node_x, node_w]: [Option<NodeId>; 2],
+    (x, w, x_shape): LinearState,
+) {
+    let [d_in, d_out] = [w.layout().shape()[0], w.layout().shape()[1]];
+    let rows = x_shape.num_elements() / d_in.max(1);
+    let (dy, x, w) = (dy.storage::<f32>(), x.storage::<f32>(), w.storage::<f32>());
+    if let Some(id) = node_x {
+        // dx = dy · wᵀ
+        let mut dx: Vec<f32> = Vec::with_capacity(rows * d_in);
+        // SAFETY: dy is rows × d_out, wᵀ is d_out × d_in, dx has room for rows × d_in and is
+        // fully written.
+        unsafe {
+            matmul_parallel(
+                (rows, d_in, d_out),
+                dx.as_mut_ptr(),
+                d_in,
+                View::rows(dy, d_out),
+                View::rows(w, d_out).t(),
+                false,
+            );
+            dx.set_len(rows * d_in);
+        }
+        grads.register::<Flex>(id, flex_from_vec(dx, x_shape));
+    }
+    if let Some(id) = node_w {
+        // dw = xᵀ · dy
+        let mut dw: Vec<f32> = Vec::with_capacity(d_in * d_out);
+        // SAFETY: xᵀ is d_in × rows, dy is rows × d_out, dw has room for d_in × d_out and is
+        // fully written.
+        unsafe {
+            matmul_parallel(
+                (d_in, d_out, rows),
+                dw.as_mut_ptr(),
+                d_out,
+                View::rows(x, d_in).t(),
+                View::rows(dy, d_out),
+                false,
+            );
+            dw.set_len(d_in * d_out);
+        }
+        grads.register::<Flex>(id, flex_from_vec(dw, [d_in, d_out]));
+    }
+}
+
 impl Backward<Flex, 2> for LinearBackward {
-    /// `(x as [rows, d_in], weight [d_in, d_out], x's shape)`, contiguous.
-    type State = (FlexTensor, FlexTensor, Shape);
+    type State = LinearState;
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_w] = ops.parents;
         let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
-        let (x, w, x_shape) = ops.state;
-        let [d_in, d_out] = [w.layout().shape()[0], w.layout().shape()[1]];
-        let rows = x_shape.num_elements() / d_in.max(1);
-        let (dy, x, w) = (dy.storage::<f32>(), x.storage::<f32>(), w.storage::<f32>());
-        if let Some(node) = node_x {
-            // dx = dy · wᵀ
-            let mut dx: Vec<f32> = Vec::with_capacity(rows * d_in);
-            // SAFETY: dy is rows × d_out, wᵀ is d_out × d_in, dx has room for rows × d_in and is
-            // fully written.
-            unsafe {
-                matmul_parallel(
-                    (rows, d_in, d_out),
-                    dx.as_mut_ptr(),
-                    d_in,
-                    View::rows(dy, d_out),
-                    View::rows(w, d_out).t(),
-                    false,
+        let ids = ops.parents.map(|n| n.map(|n| n.id));
+        linear_grads(grads, &dy, ids, ops.state);
+    }
+}
+
+impl Backward<Flex, 3> for LinearBiasBackward {
+    type State = LinearState;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [id_x, id_w, id_b] = ops.parents.map(|n| n.map(|n| n.id));
+        let d_out = ops.state.1.layout().shape()[1];
+        let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
+        linear_grads(grads, &dy, [id_x, id_w], ops.state);
+        if let Some(id) = id_b {
+            // db = Σ_rows dy, per task then summed (rows are split over tasks).
+            let rows_per_task = CHUNK.div_ceil(d_out.max(1));
+            let db = dy
+                .storage::<f32>()
+                .par_chunks(rows_per_task * d_out)
+                .map(|rows| {
+                    let mut acc = vec![0.0f32; d_out];
+                    for row in rows.chunks_exact(d_out) {
+                        acc.iter_mut().zip(row).for_each(|(a, &g)| *a += g);
+                    }
+                    acc
+                })
+                .reduce(
+                    || vec![0.0f32; d_out],
+                    |mut a, b| {
+                        a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                        a
+                    },
                 );
-                dx.set_len(rows * d_in);
-            }
-            grads.register::<Flex>(node.id, flex_from_vec(dx, x_shape));
-        }
-        if let Some(node) = node_w {
-            // dw = xᵀ · dy
-            let mut dw: Vec<f32> = Vec::with_capacity(d_in * d_out);
-            // SAFETY: xᵀ is d_in × rows, dy is rows × d_out, dw has room for d_in × d_out and is
-            // fully written.
-            unsafe {
-                matmul_parallel(
-                    (d_in, d_out, rows),
-                    dw.as_mut_ptr(),
-                    d_out,
-                    View::rows(x, d_in).t(),
-                    View::rows(dy, d_out),
-                    false,
-                );
-                dw.set_len(d_in * d_out);
-            }
-            grads.register::<Flex>(node.id, flex_from_vec(dw, [d_in, d_out]));
+            grads.register::<Flex>(id, flex_from_vec(db, [d_out]));
         }
     }
 }
@@ -407,34 +456,48 @@ impl Backward<Flex, 2> for LinearBackward {
 fn linear_with<C: CheckpointStrategy, const D: usize>(
     x: AdTensor,
     w: AdTensor,
+    b: Option<AdTensor>,
     out_dims: [usize; D],
 ) -> AdTensor {
     let (xf, wf) = (x.primitive.to_contiguous(), w.primitive.to_contiguous());
-    let out = flex_linear(&xf, &wf, None, out_dims);
-    match LinearBackward
-        .prepare::<C>([x.node.clone(), w.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let shape = xf.layout().shape().clone();
-            prep.finish((xf, wf, shape), out)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(out),
+    let bf = b.as_ref().map(|b| b.primitive.to_contiguous());
+    let out = flex_linear(&xf, &wf, bf.as_ref(), out_dims);
+    let state = |xf: FlexTensor| {
+        let shape = xf.layout().shape().clone();
+        (xf, wf, shape)
+    };
+    match b {
+        None => match LinearBackward
+            .prepare::<C>([x.node.clone(), w.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(state(xf), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        },
+        Some(b) => match LinearBiasBackward
+            .prepare::<C>([x.node.clone(), w.node.clone(), b.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(state(xf), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        },
     }
 }
 
-/// [`super::ops::linear`] without bias for `Autodiff<Flex, _>` with f32 tensors.
+/// [`super::ops::linear`] for `Autodiff<Flex, _>` with f32 tensors.
 pub(super) fn linear<B: Backend, const D: usize>(
     strategy: Strategy,
     x: Tensor<B, D>,
     weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
     out_dims: [usize; D],
 ) -> Tensor<B, D> {
-    let (x, w) = (into_ad(x), into_ad(weight));
+    let (x, w, b) = (into_ad(x), into_ad(weight), bias.map(into_ad));
     from_ad(match strategy {
-        Strategy::None => linear_with::<NoCheckpointing, D>(x, w, out_dims),
-        Strategy::Balanced => linear_with::<BalancedCheckpointing, D>(x, w, out_dims),
+        Strategy::None => linear_with::<NoCheckpointing, D>(x, w, b, out_dims),
+        Strategy::Balanced => linear_with::<BalancedCheckpointing, D>(x, w, b, out_dims),
     })
 }
 

@@ -121,12 +121,12 @@ pub fn linear<B: Backend, const D: usize>(
         ));
     }
     if let Some(strategy) = autodiff::strategy::<B>() {
-        if fits && autodiff::inner_f32(&[&x]) && autodiff::inner_f32(&[&weight]) {
-            let y = autodiff::linear(strategy, x, weight, out_dims);
-            return match bias {
-                Some(b) => y + b.unsqueeze(),
-                None => y,
-            };
+        if fits
+            && autodiff::inner_f32(&[&x])
+            && autodiff::inner_f32(&[&weight])
+            && bias.as_ref().is_none_or(|b| autodiff::inner_f32(&[b]))
+        {
+            return autodiff::linear(strategy, x, weight, bias, out_dims);
         }
     }
     burn::tensor::module::linear(x, weight, bias)

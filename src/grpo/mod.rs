@@ -1,9 +1,11 @@
 //! GRPO on top of the likelihood estimators: advantages, the clipped k3-KL loss, the optimiser
 //! and its schedule, the reference model, checkpoints and the trainer (spec §1.5–1.8, §9).
 
+pub mod adamw;
 pub mod advantage;
 pub mod loss;
 
+pub use adamw::FusedAdamW;
 pub use advantage::{group_advantages, AdvantageStats, Baseline};
 pub use loss::{grpo_loss, LossConfig, LossSums};
 pub mod optimizer;

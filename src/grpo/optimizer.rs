@@ -20,13 +20,12 @@ use std::path::Path;
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::record::AdaptorRecord;
-use burn::optim::{
-    AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, GradientsParams, Optimizer,
-};
+use burn::optim::{AdamWState, AdaptiveMomentumState, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use super::adamw::FusedAdamW;
 use super::schedule::ScheduleKind;
 use crate::model::DiffusionLm;
 use crate::{Error, Result};
@@ -80,7 +79,7 @@ impl Default for OptimizerConfig {
     }
 }
 
-type Adam<B> = OptimizerAdaptor<AdamW, DiffusionLm<B>, B>;
+type Adam<B> = OptimizerAdaptor<FusedAdamW, DiffusionLm<B>, B>;
 
 /// What one [`GrpoOptimizer::step`] did.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -112,11 +111,7 @@ impl<B: AutodiffBackend> GrpoOptimizer<B> {
             ));
         }
         let adam = |wd: f32| {
-            AdamWConfig::new()
-                .with_beta_1(config.beta1)
-                .with_beta_2(config.beta2)
-                .with_epsilon(config.epsilon)
-                .with_weight_decay(wd)
+            FusedAdamW::new(config.beta1, config.beta2, config.epsilon, wd)
                 .init::<B, DiffusionLm<B>>()
         };
         Ok(Self {
@@ -313,7 +308,8 @@ fn take_load<B: AutodiffBackend>(
     opt: &mut Adam<B>,
     record: <Adam<B> as Optimizer<DiffusionLm<B>, B>>::Record,
 ) {
-    let fresh = std::mem::replace(opt, AdamWConfig::new().init::<B, DiffusionLm<B>>());
+    let placeholder = FusedAdamW::new(0.9, 0.999, 1e-8, 0.0).init::<B, DiffusionLm<B>>();
+    let fresh = std::mem::replace(opt, placeholder);
     *opt = fresh.load_record(record);
 }
 
@@ -614,7 +610,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for LoadState<'_, B> {
                         max_moment_2: None,
                     },
                 };
-                let record = AdaptorRecord::<AdamW, B>::from_state::<D>(state);
+                let record = AdaptorRecord::<FusedAdamW, B>::from_state::<D>(state);
                 let id: ParamId = param.id;
                 if D >= 2 {
                     self.decay.insert(id, record);
