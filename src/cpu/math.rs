@@ -272,6 +272,7 @@ fn max(x: &[f32]) -> f32 {
 /// the CPU has them.
 #[inline(always)]
 fn add_max(x: &mut [f32], bias: Option<&[f32]>) -> f32 {
+    assert!(bias.is_none_or(|b| b.len() == x.len()), "bias length");
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the feature was detected on this CPU.
@@ -287,7 +288,6 @@ fn add_max(x: &mut [f32], bias: Option<&[f32]>) -> f32 {
 #[target_feature(enable = "avx512f")]
 unsafe fn add_max_avx512(x: &mut [f32], bias: Option<&[f32]>) -> f32 {
     use std::arch::x86_64::*;
-    debug_assert!(bias.is_none_or(|b| b.len() == x.len()));
     let low = _mm512_set1_ps(f32::NEG_INFINITY);
     let mut acc = low;
     let n = x.len();
@@ -299,7 +299,8 @@ unsafe fn add_max_avx512(x: &mut [f32], bias: Option<&[f32]>) -> f32 {
         } else {
             (1u16 << left) - 1
         };
-        // SAFETY: the mask covers only elements `i..n` of `x` and of `bias` (same length).
+        // SAFETY: the mask covers only elements `i..n` of `x` and of `bias` (same length,
+        // asserted by the caller).
         unsafe {
             let p = x.as_mut_ptr().add(i);
             let mut v = _mm512_mask_loadu_ps(low, mask, p);

@@ -3,7 +3,8 @@
 //!
 //! Burn's `GradientClipping::Norm` clips each parameter's gradient by its own norm; HF/TRL clip
 //! by the norm of all gradients together (`clip_grad_norm_`), so the global norm is computed
-//! here and the gradients are scaled before Burn's AdamW sees them. HF also exempts biases and
+//! here and the gradients are scaled before AdamW sees them ([`super::FusedAdamW`]: Burn's
+//! update rule and state, one pass per parameter on the CPU). HF also exempts biases and
 //! norm weights from weight decay; here every rank-1 parameter (biases, RMSNorm weights) goes to
 //! a second AdamW without decay.
 //!

@@ -193,7 +193,7 @@ impl<B: Backend> DiffusionLm<B> {
 /// - mask: `[batch, seq]` (1 = token) → `[batch, 1, seq, seq]` f32
 pub fn padding_bias<B: Backend>(mask: Tensor<B, 2, Int>) -> Tensor<B, 4> {
     let [b, s] = mask.dims();
-    if crate::cpu::on_flex::<B>() {
+    if crate::cpu::on_flex::<B>() && s > 0 {
         // On the CPU the mask is already host memory; Burn's broadcast products below would
         // walk element by element (2 % of a rollout forward).
         let device = mask.device();
@@ -255,15 +255,21 @@ mod tests {
     #[test]
     fn padding_bias_blocks_pads_but_keeps_their_diagonal() {
         let mask = Tensor::<Cpu, 2, Int>::from_data(
-            TensorData::new(vec![0i64, 1, 1], [1, 3]),
+            TensorData::new(vec![0i64, 1, 1, 1, 1, 1], [2, 3]),
             &Default::default(),
         );
-        let bias: Vec<f32> = padding_bias(mask).into_data().into_vec().unwrap();
+        let bias = padding_bias(mask);
+        assert_eq!(bias.dims(), [2, 1, 3, 3]);
+        let bias: Vec<f32> = bias.into_data().into_vec().unwrap();
         let blocked = MASK_BIAS;
         #[rustfmt::skip]
         let want = vec![0., blocked, blocked,
                         blocked, 0., 0.,
-                        blocked, 0., 0.];
+                        blocked, 0., 0.,
+                        // the unpadded sequence: nothing blocked
+                        0., 0., 0.,
+                        0., 0., 0.,
+                        0., 0., 0.];
         assert_eq!(bias, want);
     }
 }
