@@ -319,7 +319,7 @@ impl Backward<Flex, 2> for RmsNormBackward {
             grads.register::<Flex>(node.id, dx);
         }
         if let Some(node) = node_w {
-            let dw = FlexTensor::from_data(burn::tensor::TensorData::new(dw, w_shape));
+            let dw = flex_from_vec(dw, w_shape);
             grads.register::<Flex>(node.id, dw);
         }
     }

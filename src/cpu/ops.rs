@@ -360,6 +360,7 @@ pub(super) fn flex_softmax_last(
 mod tests {
     use super::*;
     use crate::backend::{Cpu, CpuAutodiff};
+    use crate::model::rope::rotate_half_matrix;
     use burn::tensor::{Distribution, Tolerance};
 
     #[test]
@@ -439,17 +440,6 @@ mod tests {
                 &log_softmax(scores, 3).into_data(),
                 Tolerance::absolute(1e-5),
             );
-    }
-
-    /// `[d, d]` with `x · R = rotate_half(x)`.
-    fn rotate_half_matrix<B: Backend>(d: usize, device: &B::Device) -> Tensor<B, 2> {
-        let half = d / 2;
-        let mut r = vec![0.0f32; d * d];
-        for j in 0..half {
-            r[(j + half) * d + j] = -1.0;
-            r[j * d + j + half] = 1.0;
-        }
-        Tensor::<B, 1>::from_floats(r.as_slice(), device).reshape([d, d])
     }
 
     fn rope_reference<B: Backend>(

@@ -5,10 +5,10 @@ use burn::tensor::{backend::Backend, DType, Tensor};
 
 use super::config::ModelConfig;
 use super::linear::Linear;
-use super::rope::{apply_rope, Rope};
+use super::rope::Rope;
 use super::weights::{TensorSink, WeightSource};
 use crate::cpu::attention;
-use crate::cpu::ops::softmax_last;
+use crate::cpu::ops::{rope as apply_rope, softmax_last};
 use crate::Result;
 
 #[derive(Module, Debug)]

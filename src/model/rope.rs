@@ -47,15 +47,7 @@ pub fn rope_tables<B: Backend>(
     let emb = Tensor::cat(vec![freqs.clone(), freqs], 2); // [b, s, d]
     let cos = emb.clone().cos().unsqueeze_dim::<4>(2).cast(dtype); // [b, s, 1, d]
     let sin = emb.sin().unsqueeze_dim::<4>(2).cast(dtype);
-    // rotate_half([x1, x2]) = [-x2, x1]: output j < half takes −x[j + half], j ≥ half takes x[j − half].
-    let mut r = vec![0.0f32; head_dim * head_dim];
-    for j in 0..half {
-        r[(j + half) * head_dim + j] = -1.0;
-        r[j * head_dim + j + half] = 1.0;
-    }
-    let rotate_half = Tensor::<B, 1>::from_floats(r.as_slice(), &device)
-        .reshape([head_dim, head_dim])
-        .cast(dtype);
+    let rotate_half = rotate_half_matrix::<B>(head_dim, &device).cast(dtype);
     Rope {
         cos_q: cos.clone().repeat_dim(2, heads),
         sin_q: sin.clone().repeat_dim(2, heads),
@@ -65,18 +57,15 @@ pub fn rope_tables<B: Backend>(
     }
 }
 
-/// `(x * cos + rotate_half(x) * sin) * scale`, with `rotate_half([x1, x2]) = [-x2, x1]`
-/// (one fused pass on the CPU backend, see [`crate::cpu::ops::rope`]).
-///
-/// # Shapes
-/// - x: `[batch, seq, heads, head_dim]` (contiguous, as the projections produce it)
-/// - cos, sin: the same shape ([`Rope::cos_q`] / [`Rope::cos_k`] …)
-pub fn apply_rope<B: Backend>(
-    x: Tensor<B, 4>,
-    cos: Tensor<B, 4>,
-    sin: Tensor<B, 4>,
-    rotate_half: Tensor<B, 2>,
-    scale: f32,
-) -> Tensor<B, 4> {
-    crate::cpu::ops::rope(x, cos, sin, rotate_half, scale)
+/// The `[head_dim, head_dim]` f32 matrix `R` with `x · R = rotate_half(x)`, where
+/// `rotate_half([x1, x2]) = [-x2, x1]`: output `j < half` takes `−x[j + half]`, `j ≥ half` takes
+/// `x[j − half]`. The fused CPU path ([`crate::cpu::ops::rope`]) rotates without it.
+pub fn rotate_half_matrix<B: Backend>(head_dim: usize, device: &B::Device) -> Tensor<B, 2> {
+    let half = head_dim / 2;
+    let mut r = vec![0.0f32; head_dim * head_dim];
+    for j in 0..half {
+        r[(j + half) * head_dim + j] = -1.0;
+        r[j * head_dim + j + half] = 1.0;
+    }
+    Tensor::<B, 1>::from_floats(r.as_slice(), device).reshape([head_dim, head_dim])
 }
