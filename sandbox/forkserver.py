@@ -8,13 +8,21 @@ Run by the host as `python3 -I -S -B -c <this file> <config json>`, as root. At 
      signal the server (init of its namespace, and another uid);
   3. mounts a size-capped tmpfs as the samples' root, with the stdlib bound read-only at its own
      path (lazy imports keep working) and /dev/null; host files are not reachable from there;
-  4. pre-imports the modules of preload.txt (the host passes the list).
-Then, per request (one JSON line on stdin), it forks one child per attempt: the child chroots
-into the tmpfs root, applies rlimits, drops to an unprivileged uid with an empty environment,
-runs the solution and then each test, and reports each verdict on a private pipe (its
-stdout/stderr are /dev/null, so printing cannot forge a result). The server enforces the
-per-test deadline itself; a test that hangs, crashes or exits is charged alone and a fresh child
-re-runs the solution and continues with the next test. The reply is one JSON line on stdout.
+  4. chroots there itself, and sets what every sample inherits: the minimal environment, the
+     rlimits that do not depend on the request (file size, open files, processes, core) and
+     no_new_privs;
+  5. pre-imports the modules of preload.txt above its "process: lazy" line (the host passes the
+     list) and runs a warm-up sample.
+Then, per request (one JSON line on stdin), it forks one child per attempt: the child applies the
+CPU and address-space rlimits, drops to an unprivileged uid, runs the solution and then each
+test, and reports each verdict on a private pipe (its stdout/stderr are /dev/null, so printing
+cannot forge a result). The server enforces the per-test deadline itself; a test that hangs,
+crashes or exits is charged alone and a fresh child re-runs the solution and continues with the
+next test. The reply is one JSON line on stdout.
+
+A child's cost is mostly the pages it touches (each first write to one of the server's pages is
+a copy-on-write fault), so it does as little as possible: everything that is the same for every
+sample is done once, above, by the server.
 """
 
 import builtins
@@ -22,11 +30,11 @@ import ctypes
 import gc
 import json
 import os
-import random
 import resource
 import select
 import shutil
 import signal
+import stat
 import sys
 import sysconfig
 import time
@@ -45,6 +53,8 @@ MS_PRIVATE = 1 << 18
 PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
 
+# The samples' writable directory (inside the server's chroot).
+TMP = "/tmp"
 # Result-channel fd inside a sample.
 RESULT_FD = 3
 # Verdict details travel back to the host: keep them short.
@@ -104,9 +114,36 @@ def _setup_root(config):
     _mount("/dev/null", root + "/dev/null", None, MS_BIND, None)
 
 
+def _confine_server(config):
+    """What every sample inherits, set once (see the module docstring, step 4)."""
+    os.chroot(config["root"])
+    os.chdir("/")
+    os.environ.clear()
+    os.environ.update({"HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8"})
+    # The server is root, which RLIMIT_NPROC does not bind; the samples' uids it does.
+    for which, value in (
+        (resource.RLIMIT_FSIZE, config["file_size_bytes"]),
+        (resource.RLIMIT_NOFILE, config["open_files"]),
+        (resource.RLIMIT_NPROC, config["processes"]),
+        (resource.RLIMIT_CORE, 0),
+    ):
+        resource.setrlimit(which, (value, value))
+    _check(LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
+
+
 def _preload(names):
     for name in names:
         __import__(name)
+
+
+def _warm_up():
+    # Run each path of a sample once in the server, so that what CPython initialises lazily
+    # (the compiler's and the AST's state, exception and traceback machinery) is shared by
+    # every child instead of rebuilt, page by page, in each one.
+    namespace = {"__name__": "__main__", "__builtins__": builtins}
+    _run("import math\ndef f(a, b):\n    return math.gcd(a, b) + len([x for x in range(a)])", namespace, "<solution>")
+    for test in ("assert f(4, 6) == 6", "assert f(1, 1) == 3, 'no'", "f(", "raise SystemExit(0)", "[0] * -1"):
+        _run(test, dict(namespace), "<test>")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,7 +166,11 @@ _exit = os._exit
 
 
 def _report(index, kind, detail):
-    data = (_encode([index, kind, detail]) + "\n").encode()
+    if detail:
+        data = (_encode([index, kind, detail]) + "\n").encode()
+    else:
+        # The common case, without the JSON encoder (whose first use copies pages in each child).
+        data = b'[%d, "%s", ""]\n' % (index, kind.encode())
     while data:
         data = data[_write(RESULT_FD, data):]
 
@@ -146,39 +187,26 @@ def _run(source, namespace, filename):
     return "passed", ""
 
 
-def _child(config, req, start, write_fd, devnull):
+def _child(config, req, start, write_fd, devnull, stdio):
+    # Inherited from the server: the chroot, the environment, no_new_privs, the rlimits that do
+    # not depend on the request. The `random` module reseeds itself from the kernel after fork.
     os.setsid()
     # stdio first: devnull may itself be fd 3, which the result pipe takes over next.
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     os.dup2(write_fd, RESULT_FD)
     os.closerange(RESULT_FD + 1, 1 << 16)
-    os.chroot(config["root"])
     os.chdir("/tmp")
-    remaining = len(req["tests"]) - start + 1
-    cpu = int(req["timeout"] * remaining) + 1
-    limits = [
-        (resource.RLIMIT_CPU, cpu, cpu + 1),
-        (resource.RLIMIT_AS, req["memory_bytes"], req["memory_bytes"]),
-        (resource.RLIMIT_FSIZE, config["file_size_bytes"], config["file_size_bytes"]),
-        (resource.RLIMIT_NOFILE, config["open_files"], config["open_files"]),
-        (resource.RLIMIT_NPROC, config["processes"], config["processes"]),
-        (resource.RLIMIT_CORE, 0, 0),
-    ]
-    for which, soft, hard in limits:
-        resource.setrlimit(which, (soft, hard))
+    cpu = int(req["timeout"] * (len(req["tests"]) - start + 1)) + 1
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    resource.setrlimit(resource.RLIMIT_AS, (req["memory_bytes"], req["memory_bytes"]))
     uid = config["uid"]
     os.setgroups([])
     os.setgid(uid)
     os.setuid(uid)
-    LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-    os.environ.clear()
-    os.environ.update({"HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8"})
-    # Forked children share the server's PRNG state: reseed from the kernel.
-    random.seed()
-    # Buffered output of earlier samples is not ours to flush.
-    sys.stdout = open(1, "w", closefd=False)
-    sys.stderr = open(2, "w", closefd=False)
+    # Fresh, empty text streams on fds 1 and 2 (now /dev/null), made by the server: whatever the
+    # server's own streams hold is not ours to flush.
+    sys.stdout, sys.stderr = stdio
 
     me = _getpid()
     namespace = {"__name__": "__main__", "__builtins__": builtins}
@@ -254,21 +282,37 @@ def _exit_verdict(status):
     return "crashed", "exited with status %d before reporting" % code
 
 
-def _attempt(config, req, start, results, devnull):
+def _fresh_tmp(uid):
+    """Makes /tmp an empty directory of the sample uid, unless it already is one (after every
+    attempt: nothing a sample leaves there, nor its mode, reaches the next)."""
+    try:
+        st = os.lstat(TMP)
+        clean = (
+            stat.S_ISDIR(st.st_mode)
+            and st.st_uid == uid
+            and stat.S_IMODE(st.st_mode) == 0o700
+            and not os.listdir(TMP)
+        )
+    except OSError:
+        clean = False
+    if not clean:
+        shutil.rmtree(TMP, ignore_errors=True)
+        if os.path.lexists(TMP):
+            os.unlink(TMP)
+        os.mkdir(TMP, 0o700)
+        os.chown(TMP, uid, uid)
+
+
+def _attempt(config, req, start, results, devnull, stdio):
     """Run the solution and tests[start:] in one child; returns the index to resume from."""
     tests = req["tests"]
     n = len(tests)
-    tmp = config["root"] + "/tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.mkdir(tmp, 0o700)
-    os.chown(tmp, config["uid"], config["uid"])
-
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
             os.close(read_fd)
-            _child(config, req, start, write_fd, devnull)
+            _child(config, req, start, write_fd, devnull, stdio)
         finally:
             os._exit(125)
     os.close(write_fd)
@@ -356,23 +400,27 @@ def _attempt(config, req, start, results, devnull):
         os.close(pidfd)
         os.close(read_fd)
         _kill_all()
-        shutil.rmtree(tmp, ignore_errors=True)
+        _fresh_tmp(config["uid"])
 
 
-def _handle(config, req, devnull):
+def _handle(config, req, devnull, stdio):
     n = len(req["tests"])
     results = [None] * n
     start = 0
     while start < n:
-        start = _attempt(config, req, start, results, devnull)
+        start = _attempt(config, req, start, results, devnull, stdio)
     return results
 
 
 def _serve(config):
     LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     _setup_root(config)
+    _confine_server(config)
     devnull = os.open("/dev/null", os.O_RDWR)
+    stdio = (open(1, "w", closefd=False), open(2, "w", closefd=False))
+    _fresh_tmp(config["uid"])
     _preload(config["preload"])
+    _warm_up()
     # Objects that exist now are never collected: keeps the children's pages shared.
     gc.freeze()
     _send({"ready": True, "python": sys.version.split()[0]})
@@ -383,7 +431,7 @@ def _serve(config):
             return
         try:
             req = json.loads(line)
-            results = _handle(config, req, devnull)
+            results = _handle(config, req, devnull, stdio)
             _send({"outcomes": results})
         except Exception as exc:  # a host bug: report it, keep serving
             _send({"error": "%s: %s" % (type(exc).__name__, exc)})

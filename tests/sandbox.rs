@@ -445,6 +445,15 @@ fn writes_outside_the_sandbox_do_not_land() {
     assert_eq!(out, vec![Outcome::Passed; 2]);
     let out = run(&*exec, "import os", &["assert os.listdir('/tmp') == []"]);
     assert_eq!(out, vec![Outcome::Passed]);
+    // Nor does a sample's change of its mode outlive it.
+    let out = run(&*exec, "import os", &["os.chmod('/tmp', 0o777)"]);
+    assert_eq!(out, vec![Outcome::Passed]);
+    let out = run(
+        &*exec,
+        "import os",
+        &["assert os.stat('/tmp').st_mode & 0o777 == 0o700"],
+    );
+    assert_eq!(out, vec![Outcome::Passed]);
 }
 
 #[test]

@@ -57,10 +57,28 @@ pub const TASK_STDLIB: &[&str] = &[
     "hashlib",
 ];
 
-/// The module names of [`PRELOAD_MODULES`], comments and blank lines skipped.
+/// The line of [`PRELOAD_MODULES`] after which the process executor imports modules lazily.
+const PROCESS_LAZY_MARKER: &str = "# process: lazy";
+
+/// The module names of [`PRELOAD_MODULES`], comments and blank lines skipped: what the wasm
+/// guest imports into its snapshot.
 pub fn preload_modules() -> Vec<&'static str> {
-    PRELOAD_MODULES
-        .lines()
+    module_names(PRELOAD_MODULES.lines())
+}
+
+/// The modules the process executor's forkserver pre-imports: those of [`PRELOAD_MODULES`] above
+/// its `# process: lazy` line. The rest stay on disk for the samples that import them, since each
+/// module the server holds makes every fork and exit slower.
+pub fn process_preload_modules() -> Vec<&'static str> {
+    module_names(
+        PRELOAD_MODULES
+            .lines()
+            .take_while(|line| line.trim() != PROCESS_LAZY_MARKER),
+    )
+}
+
+fn module_names<'a>(lines: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    lines
         .map(str::trim)
         .filter(|line| !line.is_empty() && !line.starts_with('#'))
         .collect()
@@ -110,6 +128,22 @@ mod tests {
             assert!(modules.contains(name), "{name} missing from preload.txt");
         }
         assert!(modules.iter().all(|m| !m.contains(' ')));
+    }
+
+    #[test]
+    fn the_process_executor_preloads_a_proper_subset() {
+        let all = preload_modules();
+        let hot = process_preload_modules();
+        assert!(PRELOAD_MODULES
+            .lines()
+            .any(|l| l.trim() == PROCESS_LAZY_MARKER));
+        assert!(hot.len() < all.len() && all.starts_with(&hot));
+        // Imported by most prompts (HumanEval's `from typing import List`) or solutions.
+        for name in ["typing", "collections", "math", "re", "itertools", "heapq"] {
+            assert!(hot.contains(&name), "{name} should be pre-imported");
+        }
+        // Their at-fork hooks would run in every child.
+        assert!(!hot.contains(&"threading") && !hot.contains(&"random"));
     }
 
     #[test]

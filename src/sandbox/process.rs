@@ -1,13 +1,15 @@
 //! The process executor: native CPython behind a forkserver (`sandbox/forkserver.py`).
 //!
 //! Each worker slot owns one forkserver. The forkserver creates its mount, network and PID
-//! namespaces once, mounts a size-capped tmpfs as the samples' root and pre-imports the stdlib
-//! list; then it forks one child per sample that chroots there, applies rlimits (CPU, address
-//! space, file size, open files, processes), drops to an unprivileged uid (one per slot, so that
-//! `RLIMIT_NPROC` counts only that slot's processes) with an empty environment. Verdicts come
-//! back on a private pipe, never from the program's stdout (which is /dev/null). The server
-//! charges a hung test alone and kills the whole PID namespace content after every attempt, so
-//! `setsid()` daemons die too. A server that dies is replaced.
+//! namespaces once, mounts a size-capped tmpfs as the samples' root and chroots there, sets a
+//! minimal environment, no_new_privs and the rlimits every sample shares (file size, open files,
+//! processes), and pre-imports the common stdlib modules
+//! ([`process_preload_modules`](super::process_preload_modules)). Then it forks one child per
+//! sample, which adds the CPU and address-space rlimits and drops to an unprivileged uid (one per
+//! slot, so that `RLIMIT_NPROC` counts only that slot's processes). Verdicts come back on a
+//! private pipe, never from the program's stdout (which is /dev/null). The server charges a hung
+//! test alone and kills the whole PID namespace content after every attempt, so `setsid()`
+//! daemons die too. A server that dies is replaced.
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -19,7 +21,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::pool::available_cores;
-use super::{cap_outcome, preload_modules, sandbox_error, Executor, Limits, Outcome, Program};
+use super::{
+    cap_outcome, process_preload_modules, sandbox_error, Executor, Limits, Outcome, Program,
+};
 use crate::{Error, Result};
 
 const NAME: &str = "process";
@@ -271,7 +275,7 @@ impl Server {
             "file_size_bytes": config.file_size_bytes,
             "open_files": config.open_files,
             "processes": config.processes,
-            "preload": preload_modules(),
+            "preload": process_preload_modules(),
         });
         let mut child = Command::new(python)
             .args(["-I", "-S", "-B", "-c", FORKSERVER])
