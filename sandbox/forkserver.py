@@ -9,16 +9,15 @@ Run by the host as `python3 -I -S -B -c <this file> <config json>`, as root. At 
   3. mounts a size-capped tmpfs as the samples' root, with the stdlib bound read-only at its own
      path (lazy imports keep working) and /dev/null; host files are not reachable from there;
   4. chroots there itself, and sets what every sample inherits: the minimal environment, the
-     rlimits that do not depend on the request (file size, open files, processes, core) and
-     no_new_privs;
+     rlimits that cannot hinder the server (file size, processes, core) and no_new_privs;
   5. pre-imports the modules of preload.txt above its "process: lazy" line (the host passes the
      list) and runs a warm-up sample.
 Then, per request (one JSON line on stdin), it forks one child per attempt: the child applies the
-CPU and address-space rlimits, drops to an unprivileged uid, runs the solution and then each
-test, and reports each verdict on a private pipe (its stdout/stderr are /dev/null, so printing
-cannot forge a result). The server enforces the per-test deadline itself; a test that hangs,
-crashes or exits is charged alone and a fresh child re-runs the solution and continues with the
-next test. The reply is one JSON line on stdout.
+CPU, address-space and open-files rlimits, drops to an unprivileged uid, runs the solution and
+then each test, and reports each verdict on a private pipe (its stdout/stderr are /dev/null, so
+printing cannot forge a result). The server enforces the per-test deadline itself; a test that
+hangs, crashes or exits is charged alone and a fresh child re-runs the solution and continues
+with the next test. The reply is one JSON line on stdout.
 
 A child's cost is mostly the pages it touches (each first write to one of the server's pages is
 a copy-on-write fault), so it does as little as possible: everything that is the same for every
@@ -120,10 +119,10 @@ def _confine_server(config):
     os.chdir("/")
     os.environ.clear()
     os.environ.update({"HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8"})
-    # The server is root, which RLIMIT_NPROC does not bind; the samples' uids it does.
+    # The server is root, which RLIMIT_NPROC does not bind; the samples' uids it does. (It
+    # writes no files; RLIMIT_NOFILE, which could starve it, is set in each child.)
     for which, value in (
         (resource.RLIMIT_FSIZE, config["file_size_bytes"]),
-        (resource.RLIMIT_NOFILE, config["open_files"]),
         (resource.RLIMIT_NPROC, config["processes"]),
         (resource.RLIMIT_CORE, 0),
     ):
@@ -188,8 +187,8 @@ def _run(source, namespace, filename):
 
 
 def _child(config, req, start, write_fd, devnull, stdio):
-    # Inherited from the server: the chroot, the environment, no_new_privs, the rlimits that do
-    # not depend on the request. The `random` module reseeds itself from the kernel after fork.
+    # Inherited from the server: the chroot, the environment, no_new_privs, the file-size, process
+    # and core rlimits. `random` is imported fresh (or, if preloaded, reseeds itself after fork).
     os.setsid()
     # stdio first: devnull may itself be fd 3, which the result pipe takes over next.
     for fd in (0, 1, 2):
@@ -200,6 +199,7 @@ def _child(config, req, start, write_fd, devnull, stdio):
     cpu = int(req["timeout"] * (len(req["tests"]) - start + 1)) + 1
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     resource.setrlimit(resource.RLIMIT_AS, (req["memory_bytes"], req["memory_bytes"]))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (config["open_files"], config["open_files"]))
     uid = config["uid"]
     os.setgroups([])
     os.setgid(uid)

@@ -499,6 +499,22 @@ fn subprocesses_cannot_escape() {
 }
 
 #[test]
+fn open_files_are_capped_in_the_process_sandbox() {
+    // RLIMIT_NOFILE (64 by default) binds the sample; the server keeps serving afterwards.
+    let exec = process();
+    let out = run(
+        &*exec,
+        "import os",
+        &["fds = [os.open('/dev/null', os.O_RDONLY) for _ in range(1000)]"],
+    );
+    match &out[0] {
+        Outcome::Failed { detail } => assert!(detail.contains("Too many open files"), "{detail}"),
+        other => panic!("{other:?}"),
+    }
+    assert_still_works(&*exec);
+}
+
+#[test]
 fn fork_bombs_are_contained() {
     const UID: u32 = 0x7c01_0000;
     for exec in executors_with_private_uid(UID) {

@@ -26,8 +26,8 @@ pub use wasm::{CpuLimit, WasmConfig, WasmExecutor};
 use crate::Error;
 
 /// Standard-library modules imported before untrusted code runs (`sandbox/preload.txt`): the
-/// wasm guest has only what its build-time snapshot imported, the forkserver saves the import
-/// time of every sample.
+/// wasm guest has only what its build-time snapshot imported; the forkserver imports the common
+/// part ([`process_preload_modules`]) to save every sample its import time.
 pub const PRELOAD_MODULES: &str = include_str!("../../sandbox/preload.txt");
 
 /// Modules that coding problems import and that every executor guarantees (a subset of

@@ -2,14 +2,14 @@
 //!
 //! Each worker slot owns one forkserver. The forkserver creates its mount, network and PID
 //! namespaces once, mounts a size-capped tmpfs as the samples' root and chroots there, sets a
-//! minimal environment, no_new_privs and the rlimits every sample shares (file size, open files,
-//! processes), and pre-imports the common stdlib modules
+//! minimal environment, no_new_privs and the rlimits every sample shares (file size, processes),
+//! and pre-imports the common stdlib modules
 //! ([`process_preload_modules`](super::process_preload_modules)). Then it forks one child per
-//! sample, which adds the CPU and address-space rlimits and drops to an unprivileged uid (one per
-//! slot, so that `RLIMIT_NPROC` counts only that slot's processes). Verdicts come back on a
-//! private pipe, never from the program's stdout (which is /dev/null). The server charges a hung
-//! test alone and kills the whole PID namespace content after every attempt, so `setsid()`
-//! daemons die too. A server that dies is replaced.
+//! sample, which adds the CPU, address-space and open-files rlimits and drops to an unprivileged
+//! uid (one per slot, so that `RLIMIT_NPROC` counts only that slot's processes). Verdicts come
+//! back on a private pipe, never from the program's stdout (which is /dev/null). The server
+//! charges a hung test alone and kills the whole PID namespace content after every attempt, so
+//! `setsid()` daemons die too. A server that dies is replaced.
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
