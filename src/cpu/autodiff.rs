@@ -17,7 +17,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::attention::{attend_backward, attend_flex};
-use super::gemm::{matmul_parallel, View};
+use super::gemm::{matmul_to_vec, View};
 use super::math::{
     log_softmax_backward_rows, rms_norm_backward_rows, silu_mul_backward, softmax_backward_rows,
 };
@@ -374,38 +374,28 @@ fn linear_grads(
     let (dy, x, w) = (dy.storage::<f32>(), x.storage::<f32>(), w.storage::<f32>());
     if let Some(id) = node_x {
         // dx = dy · wᵀ
-        let mut dx: Vec<f32> = Vec::with_capacity(rows * d_in);
-        // SAFETY: dy is rows × d_out, wᵀ is d_out × d_in, dx has room for rows × d_in and is
-        // fully written.
-        unsafe {
-            matmul_parallel(
+        // SAFETY: dy is rows × d_out and wᵀ is d_out × d_in.
+        let dx = unsafe {
+            matmul_to_vec(
                 (rows, d_in, d_out),
-                dx.as_mut_ptr(),
-                d_in,
                 View::rows(dy, d_out),
                 View::rows(w, d_out).t(),
-                false,
-            );
-            dx.set_len(rows * d_in);
-        }
+                None,
+            )
+        };
         grads.register::<Flex>(id, flex_from_vec(dx, x_shape));
     }
     if let Some(id) = node_w {
         // dw = xᵀ · dy
-        let mut dw: Vec<f32> = Vec::with_capacity(d_in * d_out);
-        // SAFETY: xᵀ is d_in × rows, dy is rows × d_out, dw has room for d_in × d_out and is
-        // fully written.
-        unsafe {
-            matmul_parallel(
+        // SAFETY: xᵀ is d_in × rows and dy is rows × d_out.
+        let dw = unsafe {
+            matmul_to_vec(
                 (d_in, d_out, rows),
-                dw.as_mut_ptr(),
-                d_out,
                 View::rows(x, d_in).t(),
                 View::rows(dy, d_out),
-                false,
-            );
-            dw.set_len(d_in * d_out);
-        }
+                None,
+            )
+        };
         grads.register::<Flex>(id, flex_from_vec(dw, [d_in, d_out]));
     }
 }

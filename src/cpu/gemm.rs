@@ -51,11 +51,42 @@ pub(super) unsafe fn matmul(
     unsafe { matmul_with(dims, dst, dst_rs, lhs, rhs, accumulate, Parallelism::None) }
 }
 
+/// `lhs · rhs` for `lhs` `m × k` and `rhs` `k × n`, added to `init` when given (`m × n` values,
+/// e.g. a bias repeated per row), as a new contiguous `m × n` vector; split over the rayon pool's
+/// threads (call it outside a parallel loop).
+///
+/// # Safety
+/// Every element the views address must be in bounds.
+pub(super) unsafe fn matmul_to_vec(
+    dims: (usize, usize, usize),
+    lhs: View,
+    rhs: View,
+    init: Option<Vec<f32>>,
+) -> Vec<f32> {
+    let len = dims.0 * dims.1;
+    let accumulate = init.is_some();
+    let mut out = init.unwrap_or_else(|| Vec::with_capacity(len));
+    assert_eq!(
+        out.len(),
+        if accumulate { len } else { 0 },
+        "init is not m × n"
+    );
+    if len > 0 {
+        // SAFETY: the views are in bounds (caller); `out` has room for m × n, is read only where
+        // `init` filled it, and is fully written by the product.
+        unsafe {
+            matmul_parallel(dims, out.as_mut_ptr(), dims.1, lhs, rhs, accumulate);
+            out.set_len(len);
+        }
+    }
+    out
+}
+
 /// [`matmul`] split over the rayon pool's threads (call it outside a parallel loop).
 ///
 /// # Safety
 /// As [`matmul`].
-pub(super) unsafe fn matmul_parallel(
+unsafe fn matmul_parallel(
     dims: (usize, usize, usize),
     dst: *mut f32,
     dst_rs: usize,

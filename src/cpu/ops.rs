@@ -8,7 +8,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::autodiff;
-use super::gemm::{matmul_parallel, View};
+use super::gemm::{matmul_to_vec, View};
 use super::math::{
     log_softmax_rows_inplace, rms_norm_rows, silu_mul_inplace, softmax_rows_inplace,
 };
@@ -143,29 +143,17 @@ pub(super) fn flex_linear<const D: usize>(
     let d_out = out_dims[D - 1];
     let d_in = w.layout().shape().num_elements() / d_out.max(1);
     let rows = out_dims[..D - 1].iter().product::<usize>();
-    let len = rows * d_out;
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    if let Some(b) = bias {
-        let b = b.to_contiguous();
-        for _ in 0..rows {
-            out.extend_from_slice(b.storage::<f32>());
-        }
-    }
-    if len > 0 {
-        // SAFETY: x is rows × d_in, w is d_in × d_out, and `out` has room for rows × d_out; it
-        // is read only when the bias initialised it, and fully written by the product.
-        unsafe {
-            matmul_parallel(
-                (rows, d_out, d_in),
-                out.as_mut_ptr(),
-                d_out,
-                View::rows(x.storage::<f32>(), d_in),
-                View::rows(w.storage::<f32>(), d_out),
-                bias.is_some(),
-            );
-            out.set_len(len);
-        }
-    }
+    // The bias is the product's starting value.
+    let init = bias.map(|b| b.to_contiguous().storage::<f32>().repeat(rows));
+    // SAFETY: x is rows × d_in and w is d_in × d_out.
+    let out = unsafe {
+        matmul_to_vec(
+            (rows, d_out, d_in),
+            View::rows(x.storage::<f32>(), d_in),
+            View::rows(w.storage::<f32>(), d_out),
+            init,
+        )
+    };
     flex_from_vec(out, out_dims)
 }
 
