@@ -22,26 +22,33 @@ for _name in PRELOAD:
 # Details travel back to the host; cap them so a hostile message cannot bloat the reply.
 DETAIL_CHARS = 1000
 
+# What runs after the solution, bound before it: a solution that replaces `builtins.exec` (or
+# `dict`, ...) must not turn its tests into passes.
+_exec, _compile, _str, _type, _dict = exec, compile, str, type, dict
+_MemoryError, _SystemExit, _BaseException = MemoryError, SystemExit, BaseException
+_Passed, _Failed = wit_world.Verdict_Passed, wit_world.Verdict_Failed
+_Memory, _Exited = wit_world.Verdict_Memory, wit_world.Verdict_Exited
+
 
 def _describe(exc):
     try:
-        message = str(exc)
-    except BaseException:  # a hostile __str__
+        message = _str(exc)
+    except _BaseException:  # a hostile __str__
         message = "<unprintable>"
-    text = type(exc).__name__ + (": " + message if message else "")
+    text = _type(exc).__name__ + (": " + message if message else "")
     return text[:DETAIL_CHARS]
 
 
 def _run(source, namespace, filename):
     try:
-        exec(compile(source, filename, "exec"), namespace)
-    except MemoryError as exc:
-        return wit_world.Verdict_Memory(_describe(exc))
-    except SystemExit as exc:
-        return wit_world.Verdict_Exited(_describe(exc))
-    except BaseException as exc:
-        return wit_world.Verdict_Failed(_describe(exc))
-    return wit_world.Verdict_Passed()
+        _exec(_compile(source, filename, "exec"), namespace)
+    except _MemoryError as exc:
+        return _Memory(_describe(exc))
+    except _SystemExit as exc:
+        return _Exited(_describe(exc))
+    except _BaseException as exc:
+        return _Failed(_describe(exc))
+    return _Passed()
 
 
 def _warm_up():
@@ -64,7 +71,7 @@ class WitWorld(wit_world.WitWorld):
     def run_test(self, test):
         if WitWorld.namespace is None:
             return wit_world.Verdict_Failed("RuntimeError: solution was not executed")
-        return _run(test, dict(WitWorld.namespace), "<test>")
+        return _run(test, _dict(WitWorld.namespace), "<test>")
 
     def probe_imports(self, names):
         out = []

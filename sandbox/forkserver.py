@@ -149,39 +149,41 @@ def _warm_up():
 # Inside a sample (after fork): nothing here may trust the program it runs.
 
 
-def _describe(exc):
-    try:
-        message = str(exc)
-    except BaseException:
-        message = "<unprintable>"
-    text = type(exc).__name__ + (": " + message if message else "")
-    return text[:DETAIL_CHARS]
-
-
-_encode = json.JSONEncoder(ensure_ascii=True).encode
+# What the child calls after the program has run, bound before it runs: a program that replaces
+# `builtins.exec` (or `len`, `dict`, ...) must not turn the remaining tests into passes.
+_quote = json.encoder.encode_basestring_ascii
 _write = os.write
 _getpid = os.getpid
 _exit = os._exit
+_exec, _compile, _str, _type, _dict, _len, _range = exec, compile, str, type, dict, len, range
+_MemoryError, _SystemExit, _BaseException = MemoryError, SystemExit, BaseException
+
+
+def _describe(exc):
+    try:
+        message = _str(exc)
+    except _BaseException:
+        message = "<unprintable>"
+    text = _type(exc).__name__ + (": " + message if message else "")
+    return text[:DETAIL_CHARS]
 
 
 def _report(index, kind, detail):
-    if detail:
-        data = (_encode([index, kind, detail]) + "\n").encode()
-    else:
-        # The common case, without the JSON encoder (whose first use copies pages in each child).
-        data = b'[%d, "%s", ""]\n' % (index, kind.encode())
+    # Formatted by hand: the JSON encoder's Python code calls builtins the program may have
+    # replaced (and its first use copies pages in each child).
+    data = b'[%d, "%s", %s]\n' % (index, kind.encode(), _quote(detail).encode())
     while data:
         data = data[_write(RESULT_FD, data):]
 
 
 def _run(source, namespace, filename):
     try:
-        exec(compile(source, filename, "exec"), namespace)
-    except MemoryError as exc:
+        _exec(_compile(source, filename, "exec"), namespace)
+    except _MemoryError as exc:
         return "memory", _describe(exc)
-    except SystemExit as exc:
+    except _SystemExit as exc:
         return "exited", _describe(exc)
-    except BaseException as exc:
+    except _BaseException as exc:
         return "failed", _describe(exc)
     return "passed", ""
 
@@ -217,8 +219,8 @@ def _child(config, req, start, write_fd, devnull, stdio):
     _report(-1, kind, detail)
     if kind == "passed":
         tests = req["tests"]
-        for index in range(start, len(tests)):
-            kind, detail = _run(tests[index], dict(namespace), "<test>")
+        for index in _range(start, _len(tests)):
+            kind, detail = _run(tests[index], _dict(namespace), "<test>")
             if _getpid() != me:
                 _exit(0)
             _report(index, kind, detail)
@@ -226,7 +228,7 @@ def _child(config, req, start, write_fd, devnull, stdio):
         sys.stdout.flush()
         sys.stderr.flush()
     finally:
-        os._exit(0)
+        _exit(0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -249,6 +249,69 @@ fn random_is_not_shared_between_samples() {
     }
 }
 
+/// A sample that rewrites the interpreter (builtins, stdlib functions, an attribute on every
+/// module, a big heap buffer) leaves nothing for the next sample to see. For wasm this is the
+/// memory reset between instances: the dirty pages are scattered over the heap, more than one
+/// scan of the page map reports (the vendored wasmtime patch resumes the scan), so a reset that
+/// stopped early would let the next sample pass `len` checks it should fail. One instance slot,
+/// so that both samples reuse the same memory.
+#[test]
+fn a_sample_cannot_change_what_the_next_one_sees() {
+    let wasm = WasmExecutor::new(WasmConfig {
+        max_instances: 1,
+        ..WasmConfig::default()
+    })
+    .expect("wasm executor");
+    let tamper = "import builtins, math, sys\n\
+                  blob = bytearray(b'x' * (4 << 20))\n\
+                  for name, module in list(sys.modules.items()):\n\
+                  \x20   try:\n\
+                  \x20       setattr(module, '_tampered', name)\n\
+                  \x20   except Exception:\n\
+                  \x20       pass\n\
+                  math.sqrt = lambda x: 3\n\
+                  builtins.len = lambda x: 0";
+    let check = [
+        "assert len([1, 2]) == 2",
+        "import math\nassert math.sqrt(4) == 2",
+        "import sys\nassert [n for n, m in list(sys.modules.items()) if hasattr(m, '_tampered')] == []",
+    ];
+    for exec in [&wasm as &dyn Executor, &*process()] {
+        for round in 0..3 {
+            // The tampering sample sees its own changes...
+            let own = run(exec, tamper, &["assert len([1, 2]) == 0"]);
+            assert_eq!(own, vec![Outcome::Passed], "{} round {round}", exec.name());
+            // ...and the next one sees none of them.
+            let next = run(exec, "", &check);
+            assert_eq!(
+                next,
+                vec![Outcome::Passed; check.len()],
+                "{} round {round}",
+                exec.name()
+            );
+        }
+    }
+}
+
+/// Replacing the builtins the harness calls (`exec`, `compile`, `dict`, `len`, `range`) must not
+/// turn the sample's own tests into passes: a cheap reward hack for a policy under RL.
+#[test]
+fn replacing_the_harness_builtins_does_not_pass_tests() {
+    let hack = "import builtins\n\
+                for name in ('exec', 'compile', 'dict', 'len', 'range', 'str', 'type'):\n\
+                \x20   setattr(builtins, name, lambda *a, **k: None)";
+    for exec in executors() {
+        let out = run(&*exec, hack, &["assert False", "raise ValueError('no')"]);
+        assert_eq!(
+            out,
+            vec![failed("AssertionError"), failed("ValueError: no")],
+            "{}",
+            exec.name()
+        );
+        assert_still_works(&*exec);
+    }
+}
+
 #[test]
 fn a_trapping_or_hanging_test_is_charged_alone() {
     for exec in executors() {
