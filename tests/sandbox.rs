@@ -250,11 +250,11 @@ fn random_is_not_shared_between_samples() {
 }
 
 /// A sample that rewrites the interpreter (builtins, stdlib functions, an attribute on every
-/// module, a big heap buffer) leaves nothing for the next sample to see. For wasm this is the
-/// memory reset between instances: the dirty pages are scattered over the heap, more than one
-/// scan of the page map reports (the vendored wasmtime patch resumes the scan), so a reset that
-/// stopped early would let the next sample pass `len` checks it should fail. One instance slot,
-/// so that both samples reuse the same memory.
+/// module, a big heap buffer) leaves nothing for the next sample to see. For wasm this checks the
+/// memory reset between instances. The dirty pages lie scattered over the heap, more regions than
+/// one page-map scan reports, so the vendored wasmtime must resume the scan. A reset that stops
+/// early leaves the next instance a tampered, half-reset heap: with the resume deliberately
+/// broken, its tests trap. There is one instance slot, so both samples reuse the same memory.
 #[test]
 fn a_sample_cannot_change_what_the_next_one_sees() {
     let wasm = WasmExecutor::new(WasmConfig {
