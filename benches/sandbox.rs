@@ -8,6 +8,10 @@
 //! `SANDBOX_BENCH_ONLY=wasm` (or `process`, `reference`) runs one executor, e.g. under a profiler;
 //! `SANDBOX_BENCH_REPS=R` times the batch R times per executor and compares the median passes, e.g.
 //! to profile the steady state with `perf record -D <ms>` past the start-up).
+//!
+//! Then each executor's fixed cost per sample: trivial samples (empty solution, one `pass` test)
+//! one after another on one thread (`SANDBOX_BENCH_TRIVIAL=N` samples, 500 by default; the
+//! reference runs N/25, at least 10; 0 skips it).
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -258,19 +262,64 @@ fn main() {
     let only = std::env::var("SANDBOX_BENCH_ONLY").ok();
     let executors: [Arc<dyn Executor>; 3] = [wasm, process, reference];
     let reports: Vec<Report> = executors
-        .into_iter()
+        .iter()
         .filter(|e| only.as_deref().is_none_or(|o| o == e.name()))
-        .map(|e| measure(e, &programs, workers, reps))
+        .map(|e| measure(e.clone(), &programs, workers, reps))
         .collect();
-    let Some(base) = reports.iter().find(|r| r.name == "reference") else {
+    if let Some(base) = reports.iter().find(|r| r.name == "reference") {
+        for r in reports.iter().filter(|r| r.name != "reference") {
+            println!(
+                "{} vs reference: {:.1}x tests/s, p50 latency {:.1}x lower",
+                r.name,
+                r.tests_per_s / base.tests_per_s,
+                base.p50_ms / r.p50_ms
+            );
+        }
+    }
+
+    let trivial: usize = std::env::var("SANDBOX_BENCH_TRIVIAL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    if trivial == 0 {
         return;
-    };
-    for r in reports.iter().filter(|r| r.name != "reference") {
+    }
+    println!("\ntrivial samples (empty solution, one `pass` test), one thread:");
+    println!("{:<10} {:>8} {:>10}", "executor", "samples", "ms/sample");
+    for exec in executors
+        .iter()
+        .filter(|e| only.as_deref().is_none_or(|o| o == e.name()))
+    {
+        let n = if exec.name() == "reference" {
+            (trivial / 25).max(10)
+        } else {
+            trivial
+        };
         println!(
-            "{} vs reference: {:.1}x tests/s, p50 latency {:.1}x lower",
-            r.name,
-            r.tests_per_s / base.tests_per_s,
-            base.p50_ms / r.p50_ms
+            "{:<10} {:>8} {:>10.3}",
+            exec.name(),
+            n,
+            per_sample_ms(&**exec, n)
         );
     }
+}
+
+/// Mean wall time of `n` trivial samples run one after another on this thread, after a few
+/// untimed ones (first-touch costs).
+fn per_sample_ms(exec: &dyn Executor, n: usize) -> f64 {
+    let program = Program {
+        code: String::new(),
+        tests: vec!["pass".into()],
+    };
+    let limits = Limits::default();
+    let run = || {
+        let out = exec
+            .execute(&program, &limits)
+            .unwrap_or_else(|e| panic!("{}: {e}", exec.name()));
+        assert_eq!(out, vec![Outcome::Passed], "{}", exec.name());
+    };
+    (0..n.min(10)).for_each(|_| run());
+    let start = Instant::now();
+    (0..n).for_each(|_| run());
+    start.elapsed().as_secs_f64() * 1e3 / n as f64
 }
