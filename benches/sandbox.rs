@@ -232,14 +232,8 @@ fn timed_pass(
 }
 
 fn main() {
-    let tasks: usize = std::env::var("SANDBOX_BENCH_TASKS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
-    let reps: usize = std::env::var("SANDBOX_BENCH_REPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+    let tasks: usize = env_usize("SANDBOX_BENCH_TASKS", 100);
+    let reps: usize = env_usize("SANDBOX_BENCH_REPS", 1);
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let programs = batch(tasks);
     println!(
@@ -260,10 +254,12 @@ fn main() {
         "executor", "samples", "tests", "wall s", "tests/s", "p50 ms", "p95 ms"
     );
     let only = std::env::var("SANDBOX_BENCH_ONLY").ok();
-    let executors: [Arc<dyn Executor>; 3] = [wasm, process, reference];
+    let executors: Vec<Arc<dyn Executor>> = [wasm, process, reference]
+        .into_iter()
+        .filter(|e| only.as_deref().is_none_or(|o| o == e.name()))
+        .collect();
     let reports: Vec<Report> = executors
         .iter()
-        .filter(|e| only.as_deref().is_none_or(|o| o == e.name()))
         .map(|e| measure(e.clone(), &programs, workers, reps))
         .collect();
     if let Some(base) = reports.iter().find(|r| r.name == "reference") {
@@ -277,19 +273,13 @@ fn main() {
         }
     }
 
-    let trivial: usize = std::env::var("SANDBOX_BENCH_TRIVIAL")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(500);
+    let trivial: usize = env_usize("SANDBOX_BENCH_TRIVIAL", 500);
     if trivial == 0 {
         return;
     }
     println!("\ntrivial samples (empty solution, one `pass` test), one thread:");
     println!("{:<10} {:>8} {:>10}", "executor", "samples", "ms/sample");
-    for exec in executors
-        .iter()
-        .filter(|e| only.as_deref().is_none_or(|o| o == e.name()))
-    {
+    for exec in &executors {
         let n = if exec.name() == "reference" {
             (trivial / 25).max(10)
         } else {
@@ -302,6 +292,14 @@ fn main() {
             per_sample_ms(&**exec, n)
         );
     }
+}
+
+/// `name` from the environment as a count, or `default` when unset or not a number.
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Mean wall time of `n` trivial samples run one after another on this thread, after a few
