@@ -58,15 +58,34 @@ pub fn cuda_memory_usage() -> Option<(u64, u64)> {
 }
 
 /// Install a CubeCL runtime configuration before the first CUDA client is created: the file
-/// `cubecl.toml` / env (`CUBECL_*`) as usual, plus, when `cache_dir` is given, persistent
-/// caches of compiled PTX and of autotune results in that directory (CubeCL keeps autotune
-/// results by default but never caches compiled kernels). Call once, before any CUDA tensor.
+/// `cubecl.toml` / env (`CUBECL_*`) as usual, plus
+/// - `cache_dir`: persistent caches of compiled PTX and of autotune results in that directory
+///   (CubeCL keeps autotune results by default but never caches compiled kernels);
+/// - `kernel_profile`: CubeCL's kernel profiler. Every kernel is timed on the device (so the run
+///   is slower: each launch is waited for), and at every device sync a table of the time per
+///   kernel name since the previous sync is appended to this file.
+///
+/// Call once, before any CUDA tensor.
 #[cfg(feature = "cuda")]
-pub fn configure_cubecl(cache_dir: Option<&std::path::Path>) {
+pub fn configure_cubecl(
+    cache_dir: Option<&std::path::Path>,
+    kernel_profile: Option<&std::path::Path>,
+) {
+    use burn_cubecl::cubecl::config::profiling::ProfilingLogLevel;
     use burn_cubecl::cubecl::config::{cache::CacheConfig, CubeClRuntimeConfig, RuntimeConfig};
-    let Some(dir) = cache_dir else { return };
+    if cache_dir.is_none() && kernel_profile.is_none() {
+        return;
+    }
     let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
-    config.compilation.cache = Some(CacheConfig::File(dir.to_path_buf()));
-    config.autotune.cache = CacheConfig::File(dir.to_path_buf());
+    if let Some(dir) = cache_dir {
+        config.compilation.cache = Some(CacheConfig::File(dir.to_path_buf()));
+        config.autotune.cache = CacheConfig::File(dir.to_path_buf());
+    }
+    if let Some(file) = kernel_profile {
+        config.profiling.logger.level = ProfilingLogLevel::Basic;
+        config.profiling.logger.file = Some(file.to_path_buf());
+        // Appending: each CubeCL logger opens the file itself.
+        config.profiling.logger.append = true;
+    }
     CubeClRuntimeConfig::set(config);
 }

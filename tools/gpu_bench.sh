@@ -8,6 +8,10 @@
 # qwen2.5-0.5b, batch 4, seq 512, backend cuda. Every command runs under `timeout` (TIMEOUT,
 # default 300 s) and prints progress to stderr as it goes, so a cut-off run still shows where it
 # was. KERNEL_CACHE (default /tmp/coupled-grpo-kernels) keeps compiled kernels between runs.
+# PROFILE=K (default 12; 0 = off) adds where the time goes: the torch steps profile one extra
+# step and print their top K kernels per phase, and one more burn train-step runs under CubeCL's
+# kernel profiler (`--kernel-profile`; slower, since every kernel is waited for) and
+# tools/kernel_profile.py prints the top K kernels of its last step, per phase and in all.
 # GRPO7B=1 adds the issue-7 micro-step after the comparisons: one coupled-GRPO update of the
 # diffucoder-7b shape in bf16 (balanced checkpointing, 1 row of 512 + 256 tokens, μ = 1, β = 0),
 # first with bf16 Adam state (about 8 bytes per parameter: 61 GB), then with f32 master weights
@@ -20,6 +24,7 @@ SEQ=${4:-512}
 BACKEND=${5:-cuda}
 T=${TIMEOUT:-300}
 CACHE=${KERNEL_CACHE:-/tmp/coupled-grpo-kernels}
+PROFILE=${PROFILE:-12}
 HERE=$(cd "$(dirname "$0")" && pwd)
 LOG=$(mktemp -d)
 export PYTHONUNBUFFERED=1
@@ -34,8 +39,10 @@ step() { # LABEL FILE CMD...: run, keep stdout in FILE, show everything
 ms() { grep -oE "^$2: [0-9.]+ ms" "$LOG/$1" | grep -oE "[0-9.]+" | head -1; }
 
 COMMON=(--preset "$PRESET" --batch "$BATCH" --seq "$SEQ" --dtype bf16)
-step "torch train-step" torch_train python3 "$HERE/torch_bench.py" "${COMMON[@]}" --steps 10 --device cuda
-step "torch rollout" torch_roll python3 "$HERE/torch_bench.py" --mode rollout "${COMMON[@]}" --steps 10 --device cuda
+step "torch train-step" torch_train python3 "$HERE/torch_bench.py" "${COMMON[@]}" --steps 10 --device cuda \
+  --profile "$PROFILE"
+step "torch rollout" torch_roll python3 "$HERE/torch_bench.py" --mode rollout "${COMMON[@]}" --steps 10 --device cuda \
+  --profile "$PROFILE"
 step "burn train-step" burn_train "$BIN" bench train-step "${COMMON[@]}" --steps 10 --backend "$BACKEND" \
   --watchdog 15 --kernel-cache "$CACHE"
 step "burn rollout" burn_roll "$BIN" bench rollout "${COMMON[@]}" --steps 10 --backend "$BACKEND" \
@@ -51,6 +58,12 @@ ratio() { # LABEL TORCH_MS BURN_MS
 echo "=== ratios ($PRESET, batch $BATCH x seq $SEQ, bf16, backend $BACKEND)"
 ratio "train step" "$(ms torch_train step)" "$(ms burn_train step)"
 ratio "rollout pass" "$(ms torch_roll pass)" "$(ms burn_roll pass)"
+
+if [ "$PROFILE" -gt 0 ]; then
+  step "burn train-step under CubeCL's kernel profiler" burn_prof "$BIN" bench train-step "${COMMON[@]}" \
+    --steps 1 --backend "$BACKEND" --watchdog 15 --kernel-cache "$CACHE" --kernel-profile "$LOG/kernels.txt"
+  python3 "$HERE/kernel_profile.py" "$LOG/kernels.txt" --bench train-step --top "$PROFILE"
+fi
 
 if [ "${GRPO7B:-0}" = 1 ]; then
   for master in false true; do

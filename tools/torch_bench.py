@@ -121,6 +121,20 @@ def forward_flops(c, batch, seq):
     return flops(c, batch, seq) / 3.0
 
 
+def profiled(a, dev, sync, label, fn):
+    """Runs fn once under torch.profiler and prints its top kernels (ops on the CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        out = fn()
+        sync()
+    key = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    print(f"== torch profile, {label}: top {a.profile} by {key}")
+    print(prof.key_averages().table(sort_by=key, row_limit=a.profile, max_name_column_width=90))
+    return out
+
+
 def rollout(a, c, model, dev, sync):
     rows, seq, cand = a.batch, a.seq, max(1, min(a.cand, a.seq))
     ids = torch.randint(0, c["vocab"], (rows, seq), device=dev)
@@ -142,6 +156,14 @@ def rollout(a, c, model, dev, sync):
                 first = dt
             else:
                 times.append(dt)
+    if a.profile:
+        def one_pass():
+            with torch.no_grad():
+                h = model.hidden(ids, mask)[:, seq - cand:]
+                logits = model.head(h).float().reshape(rows * cand, -1)
+                return torch.softmax(logits, -1).max(-1).values, logits.argmax(-1)
+
+        profiled(a, dev, sync, "one rollout pass", one_pass)
     t = sorted(times)[len(times) // 2]
     head = 2.0 * c["d"] * c["vocab"]
     fl = forward_flops(c, rows, seq) - rows * seq * head + rows * cand * head
@@ -163,6 +185,8 @@ def main():
     ap.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
+    ap.add_argument("--profile", type=int, default=0, metavar="K",
+                    help="after the timed steps, profile one more and print its top K kernels per phase")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -207,6 +231,15 @@ def main():
             fwd.append(t1 - t0)
             bwd.append(t2 - t1)
             step_opt.append(t3 - t2)
+    if a.profile:
+        def forward():
+            logits = model(ids).float()
+            return -torch.log_softmax(logits, -1).gather(-1, ids[..., None]).mean()
+
+        loss = profiled(a, dev, sync, "train step forward + loss", forward)
+        profiled(a, dev, sync, "train step backward", loss.backward)
+        profiled(a, dev, sync, "train step AdamW", opt.step)
+        opt.zero_grad(set_to_none=True)
     med = lambda v: sorted(v)[len(v) // 2]
     f, b, o = med(fwd), med(bwd), med(step_opt)
     s = f + b + o

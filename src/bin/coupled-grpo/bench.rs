@@ -56,6 +56,12 @@ pub struct CommonArgs {
     /// Print a progress line to stderr every this many seconds (0 = off).
     #[arg(long, default_value_t = 0)]
     watchdog: u64,
+    /// CubeCL's kernel profiler (CUDA only): every kernel is timed on the device, and at each
+    /// device sync (each phase end) a table of the time per kernel name is appended to this
+    /// file, which is replaced. Slows the run (each kernel is waited for); summarise it with
+    /// `tools/kernel_profile.py`.
+    #[arg(long, value_name = "FILE")]
+    kernel_profile: Option<PathBuf>,
 }
 
 #[derive(ClapArgs)]
@@ -223,15 +229,26 @@ fn device_memory() -> Option<(u64, u64)> {
 fn prepare(c: &CommonArgs, what: &str, config: &ModelConfig) -> anyhow::Result<Arc<Progress>> {
     let cuda = c.backend != "cpu";
     if cuda {
+        if let Some(file) = &c.kernel_profile {
+            match std::fs::remove_file(file) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    bail!("--kernel-profile {}: {e}", file.display())
+                }
+                _ => {}
+            }
+        }
         #[cfg(feature = "cuda")]
-        coupled_grpo::backend::configure_cubecl(c.kernel_cache.as_deref());
+        coupled_grpo::backend::configure_cubecl(
+            c.kernel_cache.as_deref(),
+            c.kernel_profile.as_deref(),
+        );
         #[cfg(not(feature = "cuda"))]
         bail!(
             "backend `{}` is not compiled in (build with --features cuda)",
             c.backend
         );
-    } else if c.kernel_cache.is_some() {
-        bail!("--kernel-cache only applies to the cuda backends");
+    } else if c.kernel_cache.is_some() || c.kernel_profile.is_some() {
+        bail!("--kernel-cache and --kernel-profile only apply to the cuda backends");
     }
     let autotune = if !cuda {
         ""
@@ -291,6 +308,7 @@ fn train_step(args: TrainStepArgs) -> anyhow::Result<()> {
     progress.done.store(true, Ordering::Relaxed);
     print_train(&stats);
     print_memory(&progress);
+    settle_kernel_profile(c);
     Ok(())
 }
 
@@ -325,6 +343,7 @@ fn rollout(args: RolloutArgs) -> anyhow::Result<()> {
     progress.done.store(true, Ordering::Relaxed);
     print_rollout(&stats);
     print_memory(&progress);
+    settle_kernel_profile(c);
     Ok(())
 }
 
@@ -386,6 +405,7 @@ fn grpo_step(args: GrpoStepArgs) -> anyhow::Result<()> {
     progress.done.store(true, Ordering::Relaxed);
     print_grpo(&stats);
     print_memory(&progress);
+    settle_kernel_profile(c);
     Ok(())
 }
 
@@ -445,6 +465,26 @@ fn print_rollout(s: &RolloutStats) {
     );
     println!("tokens/s: {:.0}", s.tokens_per_s());
     println!("TFLOP/s: {:.2}", s.flops_per_s() / 1e12);
+}
+
+/// CubeCL writes its profile from a logger thread that is still catching up with the last
+/// device sync: wait until the file has stopped growing (at most 10 s) before exiting.
+fn settle_kernel_profile(c: &CommonArgs) {
+    let Some(file) = &c.kernel_profile else {
+        return;
+    };
+    let size = || std::fs::metadata(file).map_or(0, |m| m.len());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = size();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = size();
+        if now == last && now > 0 {
+            break;
+        }
+        last = now;
+    }
+    println!("kernel profile: {} ({} bytes)", file.display(), last);
 }
 
 fn print_memory(p: &Progress) {

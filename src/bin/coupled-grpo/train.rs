@@ -64,7 +64,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             // Before the first CUDA tensor: CubeCL reads its configuration once.
             let cache =
                 (args.kernel_cache.clone()).unwrap_or_else(|| args.out.join("kernel-cache"));
-            coupled_grpo::backend::configure_cubecl(Some(&cache));
+            coupled_grpo::backend::configure_cubecl(Some(&cache), None);
             train::<coupled_grpo::backend::CudaAutodiff>(
                 config,
                 args.out,
