@@ -11,7 +11,9 @@
 # PROFILE=K (default 12; 0 = off) adds where the time goes: the torch steps profile one extra
 # step and print their top K kernels per phase, and one more burn train-step runs under CubeCL's
 # kernel profiler (`--kernel-profile`; slower, since every kernel is waited for) and
-# tools/kernel_profile.py prints the top K kernels of its last step, per phase and in all.
+# tools/kernel_profile.py prints the top K kernels of its last step, per phase and in all, and
+# their sum against the unprofiled step (the rest is the device waiting on the host). The burn
+# benches also print the host CPU time per step.
 # GRPO7B=1 adds the issue-7 micro-step after the comparisons: one coupled-GRPO update of the
 # diffucoder-7b shape in bf16 (balanced checkpointing, 1 row of 512 + 256 tokens, μ = 1, β = 0),
 # first with bf16 Adam state (about 8 bytes per parameter: 61 GB), then with f32 master weights
@@ -62,7 +64,8 @@ ratio "rollout pass" "$(ms torch_roll pass)" "$(ms burn_roll pass)"
 if [ "$PROFILE" -gt 0 ]; then
   step "burn train-step under CubeCL's kernel profiler" burn_prof "$BIN" bench train-step "${COMMON[@]}" \
     --steps 1 --backend "$BACKEND" --watchdog 15 --kernel-cache "$CACHE" --kernel-profile "$LOG/kernels.txt"
-  python3 "$HERE/kernel_profile.py" "$LOG/kernels.txt" --bench train-step --top "$PROFILE"
+  STEP_MS=$(ms burn_train step)
+  python3 "$HERE/kernel_profile.py" "$LOG/kernels.txt" --bench train-step --top "$PROFILE" ${STEP_MS:+--step-ms "$STEP_MS"}
 fi
 
 if [ "${GRPO7B:-0}" = 1 ]; then

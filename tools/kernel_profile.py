@@ -7,7 +7,7 @@ order: `init`, then per step `forward`, `backward`, `optimizer` (train-step), `p
 or `update` (grpo-step), the warm-up step first. Prints one line per table, then the last step's
 tables and the kernels of that whole step (the steady state) with their share.
 
-    tools/kernel_profile.py FILE --bench train-step [--top 15]
+    tools/kernel_profile.py FILE --bench train-step [--top 15] [--step-ms MS]
 """
 import argparse
 import re
@@ -79,6 +79,8 @@ def main():
     ap.add_argument("file")
     ap.add_argument("--bench", choices=sorted(PHASES), default="train-step")
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--step-ms", type=float, default=None,
+                    help="the unprofiled run's step (or pass) time, to set the kernels against")
     a = ap.parse_args()
     try:
         with open(a.file, encoding="utf-8", errors="replace") as f:
@@ -110,6 +112,10 @@ def main():
             merged[kernel] = (t + us, c + count)
     step = names[-1].rsplit(" ", 1)[0]
     show(f"{step}, all phases", [(k, t, c) for k, (t, c) in merged.items()], a.top)
+    if a.step_ms:
+        busy = sum(t for t, _ in merged.values()) / 1e3
+        print(f"kernels of one step: {busy:.1f} ms = {100 * busy / a.step_ms:.0f} % of the unprofiled "
+              f"step ({a.step_ms:.1f} ms); the rest the device spends waiting (host work, launches, gaps)")
     return 0
 
 
