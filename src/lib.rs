@@ -19,7 +19,7 @@
 //!
 //! Backends are chosen at the edge: the library is generic over `burn::tensor::backend::Backend`;
 //! tests and the embedded default use the flex CPU backend ([`backend::Cpu`]), the `cuda`
-//! feature adds burn-cuda ([`backend::Cuda`]).
+//! feature adds burn-cuda (`backend::Cuda`).
 
 pub mod backend;
 pub mod cpu;

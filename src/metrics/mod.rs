@@ -1,5 +1,5 @@
 //! Training metrics: TRL-compatible names ([`names`]), the JSONL sink and console progress
-//! ([`sink`]), pass@k ([`pass_at_k`]), and SVG training curves ([`plot`]).
+//! ([`sink`]), pass@k ([`pass_at_k`](mod@pass_at_k)), and SVG training curves ([`plot`]).
 
 pub mod names;
 pub mod pass_at_k;
