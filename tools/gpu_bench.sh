@@ -12,8 +12,7 @@
 # step and print their top K kernels per phase, and one more burn train-step runs under CubeCL's
 # kernel profiler (`--kernel-profile`; slower, since every kernel is waited for) and
 # tools/kernel_profile.py prints the top K kernels of its last step, per phase and in all, and
-# their sum against the unprofiled step (the rest is the device waiting on the host). The burn
-# benches also print the host CPU time per step.
+# their sum against the unprofiled step (the rest is the device waiting on the host).
 # GRPO7B=1 adds the issue-7 micro-step after the comparisons: one coupled-GRPO update of the
 # diffucoder-7b shape in bf16 (balanced checkpointing, 1 row of 512 + 256 tokens, μ = 1, β = 0),
 # first with bf16 Adam state (about 8 bytes per parameter: 61 GB), then with f32 master weights

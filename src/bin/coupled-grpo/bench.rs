@@ -7,7 +7,7 @@
 //! process used meanwhile, so that a run cut off by a time limit still tells where it was.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -121,8 +121,6 @@ struct Progress {
     cuda: bool,
     peak_in_use: AtomicUsize,
     peak_reserved: AtomicUsize,
-    /// Process CPU seconds (user + sys, f64 bits) when the warm-up step ended.
-    warm_cpu: AtomicU64,
 }
 
 const PHASES: [&str; 6] = ["init", "forward", "backward", "optimizer", "pass", "update"];
@@ -137,7 +135,6 @@ impl Progress {
             cuda,
             peak_in_use: AtomicUsize::new(0),
             peak_reserved: AtomicUsize::new(0),
-            warm_cpu: AtomicU64::new(f64::NAN.to_bits()),
         })
     }
 
@@ -163,12 +160,11 @@ impl Progress {
             phase.name(),
             seconds
         );
-        let last_phase = matches!(phase, Phase::Optimizer | Phase::Pass | Phase::Update);
-        if last_phase && step == 0 {
-            self.warm_cpu
-                .store((user + sys).to_bits(), Ordering::Relaxed);
-        }
-        let step = if last_phase { step + 1 } else { step };
+        let step = if matches!(phase, Phase::Optimizer | Phase::Pass | Phase::Update) {
+            step + 1
+        } else {
+            step
+        };
         self.step.store(step, Ordering::Relaxed);
         self.phase.store(next as usize, Ordering::Relaxed);
     }
@@ -311,7 +307,6 @@ fn train_step(args: TrainStepArgs) -> anyhow::Result<()> {
     };
     progress.done.store(true, Ordering::Relaxed);
     print_train(&stats);
-    print_host_cpu(&progress, c.steps.max(1), "step");
     print_memory(&progress);
     settle_kernel_profile(c);
     Ok(())
@@ -347,7 +342,6 @@ fn rollout(args: RolloutArgs) -> anyhow::Result<()> {
     };
     progress.done.store(true, Ordering::Relaxed);
     print_rollout(&stats);
-    print_host_cpu(&progress, c.steps.max(1), "pass");
     print_memory(&progress);
     settle_kernel_profile(c);
     Ok(())
@@ -410,7 +404,6 @@ fn grpo_step(args: GrpoStepArgs) -> anyhow::Result<()> {
     };
     progress.done.store(true, Ordering::Relaxed);
     print_grpo(&stats);
-    print_host_cpu(&progress, c.steps.max(1), "update");
     print_memory(&progress);
     settle_kernel_profile(c);
     Ok(())
@@ -503,17 +496,4 @@ fn print_memory(p: &Progress) {
         );
     }
     println!("peak host RSS: {:.2} GiB", gib(perf::peak_rss_bytes()));
-}
-
-/// Host CPU time per measured step: near the step's wall time (or above it, with several
-/// busy threads), the device is waiting on the host (op dispatch, fusion, autodiff).
-fn print_host_cpu(p: &Progress, steps: usize, unit: &str) {
-    let warm = f64::from_bits(p.warm_cpu.load(Ordering::Relaxed));
-    let (user, sys) = cpu_times();
-    if warm.is_finite() && steps > 0 {
-        println!(
-            "host CPU per {unit} after warm-up: {:.1} ms (user + sys, all threads)",
-            (user + sys - warm) * 1e3 / steps as f64
-        );
-    }
 }
