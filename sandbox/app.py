@@ -70,7 +70,7 @@ class WitWorld(wit_world.WitWorld):
 
     def run_test(self, test):
         if WitWorld.namespace is None:
-            return wit_world.Verdict_Failed("RuntimeError: solution was not executed")
+            return _Failed("RuntimeError: solution was not executed")
         return _run(test, _dict(WitWorld.namespace), "<test>")
 
     def probe_imports(self, names):

@@ -65,9 +65,13 @@ def labels(n, bench):
     return ["init"] + [f"step {i // len(cycle)} {cycle[i % len(cycle)]}" for i in range(n - 1)]
 
 
+def totals(rows):
+    """(microseconds, launches) of a table's rows."""
+    return sum(us for _, us, _ in rows), sum(c for _, _, c in rows)
+
+
 def show(title, rows, top):
-    total = sum(us for _, us, _ in rows)
-    launches = sum(c for _, _, c in rows)
+    total, launches = totals(rows)
     print(f"== {title}: {total / 1e3:.2f} ms of kernels, {launches} launches, {len(rows)} kernel names")
     for name, us, count in sorted(rows, key=lambda r: -r[1])[:top]:
         share = 100.0 * us / total if total else 0.0
@@ -96,7 +100,8 @@ def main():
         print(f"{a.file}: {len(found)} tables do not follow the {a.bench} phases; numbered instead")
         names = [f"sync {i}" for i in range(len(found))]
     for name, rows in zip(names, found):
-        print(f"{name}: {sum(us for _, us, _ in rows) / 1e3:.2f} ms, {sum(c for _, _, c in rows)} launches")
+        us, launches = totals(rows)
+        print(f"{name}: {us / 1e3:.2f} ms, {launches} launches")
     per_step = len(PHASES[a.bench])
     if names[0] != "init" or len(found) < 1 + per_step:
         for name, rows in zip(names, found):
@@ -111,9 +116,10 @@ def main():
             t, c = merged.get(kernel, (0.0, 0))
             merged[kernel] = (t + us, c + count)
     step = names[-1].rsplit(" ", 1)[0]
-    show(f"{step}, all phases", [(k, t, c) for k, (t, c) in merged.items()], a.top)
+    whole = [(k, t, c) for k, (t, c) in merged.items()]
+    show(f"{step}, all phases", whole, a.top)
     if a.step_ms:
-        busy = sum(t for t, _ in merged.values()) / 1e3
+        busy = totals(whole)[0] / 1e3
         print(f"kernels of one step: {busy:.1f} ms = {100 * busy / a.step_ms:.0f} % of the unprofiled "
               f"step ({a.step_ms:.1f} ms); the rest the device spends waiting (host work, launches, gaps)")
     return 0

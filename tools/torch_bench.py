@@ -141,14 +141,17 @@ def rollout(a, c, model, dev, sync):
     pad = seq // 8
     mask = torch.ones(rows, seq, dtype=torch.long, device=dev)
     mask[1::2, :pad] = 0
+    def one_pass():
+        """Confidence and token of each candidate position, as one denoising step."""
+        h = model.hidden(ids, mask)[:, seq - cand:]
+        logits = model.head(h).float().reshape(rows * cand, -1)
+        return torch.softmax(logits, -1).max(-1).values, logits.argmax(-1)
+
     times, first = [], 0.0
     with torch.no_grad():
         for step in range(a.steps + 1):
             t0 = time.perf_counter()
-            h = model.hidden(ids, mask)[:, seq - cand:]
-            logits = model.head(h).float().reshape(rows * cand, -1)
-            conf = torch.softmax(logits, -1).max(-1).values
-            tok = logits.argmax(-1)
+            conf, tok = one_pass()
             sync()
             dt = time.perf_counter() - t0
             del conf, tok
@@ -156,14 +159,8 @@ def rollout(a, c, model, dev, sync):
                 first = dt
             else:
                 times.append(dt)
-    if a.profile:
-        def one_pass():
-            with torch.no_grad():
-                h = model.hidden(ids, mask)[:, seq - cand:]
-                logits = model.head(h).float().reshape(rows * cand, -1)
-                return torch.softmax(logits, -1).max(-1).values, logits.argmax(-1)
-
-        profiled(a, dev, sync, "one rollout pass", one_pass)
+        if a.profile:
+            profiled(a, dev, sync, "one rollout pass", one_pass)
     t = sorted(times)[len(times) // 2]
     head = 2.0 * c["d"] * c["vocab"]
     fl = forward_flops(c, rows, seq) - rows * seq * head + rows * cand * head
@@ -211,11 +208,15 @@ def main():
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.99), weight_decay=0.1)
     ids = torch.randint(0, c["vocab"], (a.batch, a.seq), device=dev)
 
+    def forward():
+        """Cross-entropy of the model's own tokens over every position."""
+        logits = model(ids).float()
+        return -torch.log_softmax(logits, -1).gather(-1, ids[..., None]).mean()
+
     fwd, bwd, step_opt, first = [], [], [], 0.0
     for step in range(a.steps + 1):
         t0 = time.perf_counter()
-        logits = model(ids).float()
-        loss = -torch.log_softmax(logits, -1).gather(-1, ids[..., None]).mean()
+        loss = forward()
         sync()
         t1 = time.perf_counter()
         loss.backward()
@@ -232,10 +233,6 @@ def main():
             bwd.append(t2 - t1)
             step_opt.append(t3 - t2)
     if a.profile:
-        def forward():
-            logits = model(ids).float()
-            return -torch.log_softmax(logits, -1).gather(-1, ids[..., None]).mean()
-
         loss = profiled(a, dev, sync, "train step forward + loss", forward)
         profiled(a, dev, sync, "train step backward", loss.backward)
         profiled(a, dev, sync, "train step AdamW", opt.step)
