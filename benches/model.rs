@@ -46,6 +46,7 @@ fn main() {
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); shapes.len()];
     let s = train_step_observed::<CpuAutodiff>(
         &config,
+        None,
         batch,
         seq,
         steps,

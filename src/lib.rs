@@ -5,7 +5,7 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`model`] | the Dream/DiffuCoder masked-diffusion transformer (Qwen2 blocks, no causal mask), HF config/safetensors I/O, tokenizer and chat template |
+//! | [`model`] | the Dream/DiffuCoder masked-diffusion transformer (Qwen2 blocks, no causal mask), HF config/safetensors I/O, LoRA adapters in PEFT's format, tokenizer and chat template |
 //! | [`rollout`] | batched full-diffusion decoding with Dream's samplers, decode-order traces, AR-ness |
 //! | [`sandbox`] | executors for untrusted Python: wasmtime + CPython (default), hardened process forkserver, worker pool |
 //! | [`data`] | tasks: AceCoder-87K (JSONL/parquet, hard subset), MBPP, HumanEval, synthetic toy tasks; prompts |
@@ -16,6 +16,7 @@
 //! | [`metrics`] | TRL-named metrics sink, pass@k |
 //! | [`cpu`] | vectorised kernels and host paths taken when the backend is flex (CPU): exp, SiLU·up, softmax, radix argsort |
 //! | [`perf`] | shared timing helpers for benches and `coupled-grpo bench` |
+//! | [`plan`] | the memory plan of an update: bytes per device by part, fits 80 / 141 GB |
 //!
 //! Backends are chosen at the edge: the library is generic over `burn::tensor::backend::Backend`;
 //! tests and the embedded default use the flex CPU backend ([`backend::Cpu`]), the `cuda`
@@ -31,6 +32,7 @@ pub mod grpo;
 pub mod metrics;
 pub mod model;
 pub mod perf;
+pub mod plan;
 pub mod reward;
 pub mod rollout;
 pub mod sandbox;

@@ -127,12 +127,24 @@ pub fn train_step<B: AutodiffBackend>(
     dtype: DType,
     device: &B::Device,
 ) -> TrainStepStats {
-    train_step_observed::<B>(config, batch, seq, steps, dtype, device, &mut |_, _, _| {})
+    train_step_observed::<B>(
+        config,
+        None,
+        batch,
+        seq,
+        steps,
+        dtype,
+        device,
+        &mut |_, _, _| {},
+    )
 }
 
-/// [`train_step`], reporting every phase to `observe` as it ends (progress lines, memory).
+/// [`train_step`], reporting every phase to `observe` as it ends (progress lines, memory); with
+/// `lora`, adapters on a frozen base are trained instead of every weight.
+#[allow(clippy::too_many_arguments)]
 pub fn train_step_observed<B: AutodiffBackend>(
     config: &ModelConfig,
+    lora: Option<&crate::model::LoraConfig>,
     batch: usize,
     seq: usize,
     steps: usize,
@@ -143,6 +155,9 @@ pub fn train_step_observed<B: AutodiffBackend>(
     let sync = || B::sync(device).expect("device sync");
     let t_init = Instant::now();
     let mut model = DiffusionLm::<B>::init_on_device(config, device, dtype);
+    if let Some(lora) = lora {
+        model = crate::model::lora::attach(model, lora, 0).expect("a validated LoRA config");
+    }
     let mut optim = crate::grpo::FusedAdamW::new(0.9, 0.99, 1e-5, 0.1).init::<B, DiffusionLm<B>>();
     let ids = Tensor::<B, 2, Int>::random(
         [batch, seq],

@@ -126,6 +126,25 @@ pub fn log_softmax_rows_inplace(x: &mut [f32], row_len: usize) {
     })
 }
 
+/// The log-partition `max + ln Σ e^(x − max)` of one row (`-inf` for an empty or all `-inf`
+/// row).
+pub fn logsumexp(row: &[f32]) -> f32 {
+    dispatch!({
+        let m = max(row);
+        if m == f32::NEG_INFINITY {
+            m
+        } else {
+            m + sum_by(row, |v| exp(v - m)).ln()
+        }
+    })
+}
+
+/// `row ← −d · e^(row − lse)`: the gradient of `−d · lse` with respect to the logits `row`
+/// whose log-partition is `lse` (the fused output head's backward, before the target's `+d`).
+pub fn neg_scaled_softmax_inplace(row: &mut [f32], lse: f32, d: f32) {
+    dispatch!(map16(row, |v| -d * exp(v - lse)))
+}
+
 /// Log-softmax backward per row of `row_len`: `g ← g − e^lp · Σ_row g` (`g` holds the output
 /// gradient on entry, `lp` the log-softmax output).
 pub fn log_softmax_backward_rows(lp: &[f32], g: &mut [f32], row_len: usize) {

@@ -14,6 +14,7 @@ pub mod alloc;
 pub mod attention;
 mod autodiff;
 mod gemm;
+pub(crate) mod head;
 pub mod math;
 pub mod ops;
 pub mod sort;

@@ -1,10 +1,13 @@
 //! The likelihood-estimator contract and the machinery every estimator shares: building masked
-//! views of a batch, one forward pass over all views, and a chunked target-log-prob gather.
+//! views of a batch, one forward pass over all views, and the target log-probs of the positions
+//! each view scores.
 
 use std::ops::Range;
 
-use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, IndexingUpdateOp, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
 
+use super::head::{target_log_probs, HeadWeight};
 use super::masks::MaskSeed;
 use crate::cpu::ops::log_softmax_last;
 use crate::model::DiffusionLm;
@@ -168,6 +171,21 @@ pub struct View {
     pub weights: Vec<f32>,
 }
 
+/// How [`score_views`] computes the target log-probs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoringPath {
+    /// The output head and log-softmax run only on the positions some view scores (nonzero
+    /// weight), fused so that the autodiff graph keeps no logits ([`target_log_probs`]). A head
+    /// with a bias or a LoRA adapter takes the full path.
+    #[default]
+    Lean,
+    /// Every completion position of every view through [`completion_log_probs`]: the graph
+    /// keeps `[views · rows, K, vocab]` f32 log-probs. The reference for tests and the memory
+    /// benchmark.
+    Full,
+}
+
 /// Score `views` of `batch` in one forward pass over all views stacked along the batch axis:
 /// `score[r, k] = Σ_v weights_v[r, k] · log p_v(y_rk)`.
 ///
@@ -179,13 +197,9 @@ pub fn score_views<B: Backend>(
     batch: &ScoreBatch,
     views: &[View],
     max_logit_bytes: usize,
+    path: ScoringPath,
 ) -> Result<Tensor<B, 2>> {
-    let (rows, p, k, l) = (
-        batch.rows(),
-        batch.prompt_len(),
-        batch.completion_len(),
-        batch.seq_len(),
-    );
+    let (rows, k) = (batch.rows(), batch.completion_len());
     let nv = views.len();
     if nv == 0 {
         return Err(Error::invalid(
@@ -193,43 +207,162 @@ pub fn score_views<B: Backend>(
             "an estimator needs at least one view",
         ));
     }
-    let device = model.embed_tokens.val().device();
-    let mut ids = Vec::with_capacity(nv * rows * l);
-    let mut weights = Vec::with_capacity(nv * rows * k);
-    for view in views {
-        if view.input_ids.len() != rows * l || view.weights.len() != rows * k {
-            return Err(Error::invalid(
-                "views",
-                "a view does not match the batch shape",
-            ));
-        }
-        ids.extend_from_slice(&view.input_ids);
-        weights.extend_from_slice(&view.weights);
+    if views
+        .iter()
+        .any(|v| v.input_ids.len() != rows * batch.seq_len() || v.weights.len() != rows * k)
+    {
+        return Err(Error::invalid(
+            "views",
+            "a view does not match the batch shape",
+        ));
     }
-    let n = nv * rows;
-    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, l]), &device);
+    let device = model.embed_tokens.val().device();
+    let (input, attention) = stacked_inputs::<B>(batch, views, &device);
+    Ok(match (path, HeadWeight::of(model)) {
+        (ScoringPath::Lean, Some(head)) => score_lean(
+            model,
+            head,
+            batch,
+            views,
+            (input, attention),
+            max_logit_bytes,
+        ),
+        _ => score_full(model, batch, views, input, attention, max_logit_bytes),
+    })
+}
+
+/// The views' input ids stacked view-major, and the padding mask when some prompt is padded.
+///
+/// # Shapes
+/// - returns `[views * rows, L]` ids and mask
+fn stacked_inputs<B: Backend>(
+    batch: &ScoreBatch,
+    views: &[View],
+    device: &B::Device,
+) -> (Tensor<B, 2, Int>, Option<Tensor<B, 2, Int>>) {
+    let (l, k) = (batch.seq_len(), batch.completion_len());
+    let n = views.len() * batch.rows();
+    let ids: Vec<i64> = views
+        .iter()
+        .flat_map(|v| v.input_ids.iter().copied())
+        .collect();
+    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, l]), device);
     let attention = batch.has_padding().then(|| {
         let mut mask = Vec::with_capacity(n * l);
-        for _ in 0..nv {
-            for r in 0..rows {
-                mask.extend(batch.prompt_mask[r].iter().map(|&m| m as i64));
+        for _ in views {
+            for m in &batch.prompt_mask {
+                mask.extend(m.iter().map(|&m| m as i64));
                 mask.extend(std::iter::repeat_n(1i64, k));
             }
         }
-        Tensor::<B, 2, Int>::from_data(TensorData::new(mask, [n, l]), &device)
+        Tensor::<B, 2, Int>::from_data(TensorData::new(mask, [n, l]), device)
     });
-    let mut targets = Vec::with_capacity(n * k);
-    for _ in 0..nv {
-        for row in &batch.completion_ids {
-            targets.extend(row.iter().map(|&t| t as i64));
-        }
+    (input, attention)
+}
+
+/// [`ScoringPath::Lean`]: gather the hidden rows of the scored positions, score them with the
+/// fused head and add them, weighted, into `[rows, K]`.
+fn score_lean<B: Backend>(
+    model: &DiffusionLm<B>,
+    head: HeadWeight<B>,
+    batch: &ScoreBatch,
+    views: &[View],
+    (input, attention): (Tensor<B, 2, Int>, Option<Tensor<B, 2, Int>>),
+    max_logit_bytes: usize,
+) -> Tensor<B, 2> {
+    let (rows, p, k, l) = (
+        batch.rows(),
+        batch.prompt_len(),
+        batch.completion_len(),
+        batch.seq_len(),
+    );
+    let device = input.device();
+    let scored = ScoredPositions::of(batch, views);
+    if scored.weights.is_empty() {
+        return Tensor::zeros([rows, k], &device);
     }
-    let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [n, k]), &device);
+    let m = scored.weights.len();
+    let int = |v: Vec<i64>| Tensor::<B, 1, Int>::from_data(TensorData::new(v, [m]), &device);
+    let hidden = model.forward_hidden(input, attention);
+    let [n, _, h] = hidden.dims();
+    debug_assert!(p >= 1 && n * l > 0);
+    let hidden = hidden
+        .reshape([n * l, h])
+        .select(0, int(scored.hidden_rows)); // [m, h]
+    let lp = target_log_probs(hidden, head, int(scored.targets), max_logit_bytes);
+    let weights = Tensor::<B, 1>::from_data(TensorData::new(scored.weights, [m]), &device);
+    Tensor::<B, 1>::zeros([rows * k], &device)
+        .select_assign(0, int(scored.out), lp * weights, IndexingUpdateOp::Add)
+        .reshape([rows, k])
+}
+
+/// The (view, row, completion token) triples with a nonzero weight, flattened.
+struct ScoredPositions {
+    /// Row of the stacked `[views · rows · L, hidden]` states that scores the token (Dream's
+    /// shift: position `P + j − 1` scores completion token `j`).
+    hidden_rows: Vec<i64>,
+    /// The token's index in the row-major `[rows, K]` output.
+    out: Vec<i64>,
+    targets: Vec<i64>,
+    weights: Vec<f32>,
+}
+
+impl ScoredPositions {
+    fn of(batch: &ScoreBatch, views: &[View]) -> Self {
+        let (rows, p, k, l) = (
+            batch.rows(),
+            batch.prompt_len(),
+            batch.completion_len(),
+            batch.seq_len(),
+        );
+        let mut s = Self {
+            hidden_rows: Vec::new(),
+            out: Vec::new(),
+            targets: Vec::new(),
+            weights: Vec::new(),
+        };
+        for (v, view) in views.iter().enumerate() {
+            for r in 0..rows {
+                for j in 0..k {
+                    let w = view.weights[r * k + j];
+                    if w != 0.0 {
+                        s.hidden_rows.push(((v * rows + r) * l + p - 1 + j) as i64);
+                        s.out.push((r * k + j) as i64);
+                        s.targets.push(batch.completion_ids[r][j] as i64);
+                        s.weights.push(w);
+                    }
+                }
+            }
+        }
+        s
+    }
+}
+
+/// [`ScoringPath::Full`]: every completion position of every view, then the weighted sum.
+fn score_full<B: Backend>(
+    model: &DiffusionLm<B>,
+    batch: &ScoreBatch,
+    views: &[View],
+    input: Tensor<B, 2, Int>,
+    attention: Option<Tensor<B, 2, Int>>,
+    max_logit_bytes: usize,
+) -> Tensor<B, 2> {
+    let (rows, p, k) = (batch.rows(), batch.prompt_len(), batch.completion_len());
+    let nv = views.len();
+    let device = input.device();
+    let targets: Vec<i64> = (0..nv)
+        .flat_map(|_| batch.completion_ids.iter().flatten().map(|&t| t as i64))
+        .collect();
+    let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [nv * rows, k]), &device);
     let lp = completion_log_probs(model, input, attention, targets, p, max_logit_bytes); // [n, k]
+    let weights: Vec<f32> = views
+        .iter()
+        .flat_map(|v| v.weights.iter().copied())
+        .collect();
     let weights = Tensor::<B, 3>::from_data(TensorData::new(weights, [nv, rows, k]), &device);
-    Ok((lp.reshape([nv, rows, k]) * weights)
+    (lp.reshape([nv, rows, k]) * weights)
         .sum_dim(0)
-        .reshape([rows, k]))
+        .reshape([rows, k])
 }
 
 /// Log-probability of each completion target under the model, with Dream's shift (the hidden

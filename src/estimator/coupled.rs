@@ -4,7 +4,9 @@
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
-use super::base::{build_view, score_views, LikelihoodEstimator, ScoreBatch, Scores, View};
+use super::base::{
+    build_view, score_views, LikelihoodEstimator, ScoreBatch, Scores, ScoringPath, View,
+};
 use super::masks::{complementary_pair, draw_ratios, row_uniforms, MaskSeed};
 use crate::model::DiffusionLm;
 use crate::{Error, Result};
@@ -78,6 +80,8 @@ pub struct Coupled {
     pub options: PairOptions,
     /// Cap on f32 logits held at once (see [`super::completion_log_probs`]).
     pub max_logit_bytes: usize,
+    /// How the target log-probs are computed (lean unless comparing against the reference).
+    pub path: ScoringPath,
 }
 
 impl Coupled {
@@ -86,6 +90,7 @@ impl Coupled {
         Ok(Self {
             options,
             max_logit_bytes,
+            path: ScoringPath::Lean,
         })
     }
 }
@@ -180,7 +185,7 @@ impl LikelihoodEstimator for Coupled {
     ) -> Result<Scores<B>> {
         let mask_id = model.config().mask_token()?;
         let (views, ratios) = pair_views(&self.options, batch, &seed, mask_id, true);
-        let per_token = score_views(model, batch, &views, self.max_logit_bytes)?;
+        let per_token = score_views(model, batch, &views, self.max_logit_bytes, self.path)?;
         Ok(Scores {
             per_token,
             forward_passes: batch.rows() * views.len(),

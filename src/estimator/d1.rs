@@ -5,7 +5,7 @@
 
 use burn::tensor::backend::Backend;
 
-use super::base::{build_view, score_views, LikelihoodEstimator, ScoreBatch, Scores};
+use super::base::{build_view, score_views, LikelihoodEstimator, ScoreBatch, Scores, ScoringPath};
 use super::masks::{bernoulli_mask, row_uniforms, MaskSeed};
 use crate::model::DiffusionLm;
 use crate::{Error, Result};
@@ -16,6 +16,7 @@ pub struct D1 {
     /// Probability of masking each (non-pad) prompt token.
     pub prompt_mask_prob: f32,
     pub max_logit_bytes: usize,
+    pub path: ScoringPath,
 }
 
 impl D1 {
@@ -29,6 +30,7 @@ impl D1 {
         Ok(Self {
             prompt_mask_prob,
             max_logit_bytes,
+            path: ScoringPath::Lean,
         })
     }
 }
@@ -39,7 +41,7 @@ pub(crate) fn full_completion_scores<B: Backend>(
     batch: &ScoreBatch,
     seed: &MaskSeed,
     p: f32,
-    max_logit_bytes: usize,
+    (max_logit_bytes, path): (usize, ScoringPath),
 ) -> Result<Scores<B>> {
     let mask_id = model.config().mask_token()?;
     let (k, plen) = (batch.completion_len(), batch.prompt_len());
@@ -53,7 +55,7 @@ pub(crate) fn full_completion_scores<B: Backend>(
         },
         |_, _| 1.0,
     );
-    let per_token = score_views(model, batch, &[view], max_logit_bytes)?;
+    let per_token = score_views(model, batch, &[view], max_logit_bytes, path)?;
     Ok(Scores {
         per_token,
         forward_passes: batch.rows(),
@@ -81,7 +83,7 @@ impl LikelihoodEstimator for D1 {
             batch,
             &seed,
             self.prompt_mask_prob,
-            self.max_logit_bytes,
+            (self.max_logit_bytes, self.path),
         )
     }
 }

@@ -16,7 +16,7 @@
 
 use burn::tensor::backend::Backend;
 
-use super::base::{score_views, LikelihoodEstimator, ScoreBatch, Scores};
+use super::base::{score_views, LikelihoodEstimator, ScoreBatch, Scores, ScoringPath};
 use super::coupled::{pair_views, PairOptions};
 use super::masks::MaskSeed;
 use crate::model::DiffusionLm;
@@ -27,6 +27,7 @@ use crate::Result;
 pub struct Decoupled {
     pub options: PairOptions,
     pub max_logit_bytes: usize,
+    pub path: ScoringPath,
 }
 
 impl Decoupled {
@@ -35,6 +36,7 @@ impl Decoupled {
         Ok(Self {
             options,
             max_logit_bytes,
+            path: ScoringPath::Lean,
         })
     }
 }
@@ -56,7 +58,7 @@ impl LikelihoodEstimator for Decoupled {
     ) -> Result<Scores<B>> {
         let mask_id = model.config().mask_token()?;
         let (views, ratios) = pair_views(&self.options, batch, &seed, mask_id, false);
-        let per_token = score_views(model, batch, &views, self.max_logit_bytes)?;
+        let per_token = score_views(model, batch, &views, self.max_logit_bytes, self.path)?;
         Ok(Scores {
             per_token,
             forward_passes: batch.rows() * views.len(),

@@ -72,7 +72,13 @@ pub fn mc_elbo<B: Backend>(
                 }
             },
         );
-        let scores = score_views(model, &sub, &[view], super::DEFAULT_MAX_LOGIT_BYTES)?;
+        let scores = score_views(
+            model,
+            &sub,
+            &[view],
+            super::DEFAULT_MAX_LOGIT_BYTES,
+            super::ScoringPath::Lean,
+        )?;
         let values = scores
             .into_data()
             .convert::<f32>()

@@ -4,7 +4,7 @@
 
 use burn::tensor::backend::Backend;
 
-use super::base::{LikelihoodEstimator, ScoreBatch, Scores};
+use super::base::{LikelihoodEstimator, ScoreBatch, Scores, ScoringPath};
 use super::d1::full_completion_scores;
 use super::masks::MaskSeed;
 use crate::model::DiffusionLm;
@@ -14,6 +14,7 @@ use crate::Result;
 #[derive(Debug, Clone, PartialEq)]
 pub struct FullMask {
     pub max_logit_bytes: usize,
+    pub path: ScoringPath,
 }
 
 impl LikelihoodEstimator for FullMask {
@@ -31,6 +32,6 @@ impl LikelihoodEstimator for FullMask {
         batch: &ScoreBatch,
         seed: MaskSeed,
     ) -> Result<Scores<B>> {
-        full_completion_scores(model, batch, &seed, 0.0, self.max_logit_bytes)
+        full_completion_scores(model, batch, &seed, 0.0, (self.max_logit_bytes, self.path))
     }
 }

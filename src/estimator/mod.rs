@@ -7,8 +7,9 @@
 //! | [`D1`] | 1 | `lp` with the completion fully masked and prompt tokens masked w.p. `p` |
 //! | [`FullMask`] | 1 | `lp0` (d1 with `p = 0`) |
 //!
-//! Masks come from [`MaskSeed`]-keyed ChaCha streams ([`masks`]); target log-probs are
-//! gathered in vocabulary-bounded chunks ([`completion_log_probs`]).
+//! Masks come from [`MaskSeed`]-keyed ChaCha streams ([`masks`]); the output head and
+//! log-softmax run only on the positions a view scores, fused so that training keeps no
+//! vocabulary-wide logits ([`head`]).
 
 pub mod base;
 pub mod coupled;
@@ -16,13 +17,14 @@ pub mod d1;
 pub mod decoupled;
 pub mod elbo;
 pub mod full_mask;
+pub mod head;
 pub mod masks;
 
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 pub use base::{
-    completion_log_probs, score_views, LikelihoodEstimator, ScoreBatch, Scores, View,
+    completion_log_probs, score_views, LikelihoodEstimator, ScoreBatch, Scores, ScoringPath, View,
     DEFAULT_MAX_LOGIT_BYTES,
 };
 pub use coupled::{Coupled, PairOptions};
@@ -30,6 +32,7 @@ pub use d1::D1;
 pub use decoupled::Decoupled;
 pub use elbo::mc_elbo;
 pub use full_mask::FullMask;
+pub use head::{target_log_probs, HeadLayout, HeadWeight};
 pub use masks::MaskSeed;
 
 use crate::model::DiffusionLm;
@@ -99,6 +102,9 @@ pub struct EstimatorConfig {
     pub prompt_mask_prob: f32,
     /// Cap on f32 logits materialised at once when gathering target log-probs, in MiB.
     pub max_logit_mib: usize,
+    /// `lean` (default): head and log-softmax only on scored positions, no logits kept for
+    /// backward. `full`: the reference path that keeps every view's log-probs (for comparison).
+    pub scoring: ScoringPath,
 }
 
 impl Default for EstimatorConfig {
@@ -112,6 +118,7 @@ impl Default for EstimatorConfig {
             t_max: pair.t_max,
             prompt_mask_prob: 0.15,
             max_logit_mib: DEFAULT_MAX_LOGIT_BYTES >> 20,
+            scoring: ScoringPath::Lean,
         }
     }
 }
@@ -126,12 +133,23 @@ impl EstimatorConfig {
             t_min: self.t_min,
             t_max: self.t_max,
         };
+        let path = self.scoring;
         Ok(match self.kind {
-            EstimatorKind::Coupled => Estimator::Coupled(Coupled::new(pair, bytes)?),
-            EstimatorKind::Decoupled => Estimator::Decoupled(Decoupled::new(pair, bytes)?),
-            EstimatorKind::D1 => Estimator::D1(D1::new(self.prompt_mask_prob, bytes)?),
+            EstimatorKind::Coupled => Estimator::Coupled(Coupled {
+                path,
+                ..Coupled::new(pair, bytes)?
+            }),
+            EstimatorKind::Decoupled => Estimator::Decoupled(Decoupled {
+                path,
+                ..Decoupled::new(pair, bytes)?
+            }),
+            EstimatorKind::D1 => Estimator::D1(D1 {
+                path,
+                ..D1::new(self.prompt_mask_prob, bytes)?
+            }),
             EstimatorKind::FullMask => Estimator::FullMask(FullMask {
                 max_logit_bytes: bytes,
+                path,
             }),
         })
     }
@@ -180,5 +198,7 @@ impl LikelihoodEstimator for Estimator {
     }
 }
 
+#[cfg(test)]
+mod lean_tests;
 #[cfg(test)]
 mod tests;

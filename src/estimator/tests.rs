@@ -87,8 +87,12 @@ fn gather_matches_shifted_full_logits_and_is_chunk_invariant() {
         &b.completion_ids,
         5,
     );
-    for bytes in [DEFAULT_MAX_LOGIT_BYTES, 1] {
-        let got = host(score_views(&m, &b, std::slice::from_ref(&view), bytes).unwrap());
+    let paths = [ScoringPath::Lean, ScoringPath::Full];
+    for (bytes, path) in [DEFAULT_MAX_LOGIT_BYTES, 1]
+        .into_iter()
+        .flat_map(|b| paths.map(|p| (b, p)))
+    {
+        let got = host(score_views(&m, &b, std::slice::from_ref(&view), bytes, path).unwrap());
         for r in 0..2 {
             for j in 0..10 {
                 assert!(
@@ -224,6 +228,7 @@ fn d1_masks_only_real_prompt_tokens_and_full_mask_is_seed_free() {
     let (m, b) = (model(), batch());
     let fm = FullMask {
         max_logit_bytes: 1 << 20,
+        path: ScoringPath::Lean,
     };
     let a = host(fm.score(&m, &b, MaskSeed::new(1, 2, 3)).unwrap().per_token);
     let c = host(fm.score(&m, &b, MaskSeed::new(4, 5, 6)).unwrap().per_token);
@@ -273,6 +278,7 @@ fn coupled_mean_matches_monte_carlo_elbo_and_beats_decoupled_variance() {
     let lp0 = host(
         FullMask {
             max_logit_bytes: 1 << 20,
+            path: ScoringPath::Lean,
         }
         .score(&m, &b, MaskSeed::new(0, 0, 0))
         .unwrap()

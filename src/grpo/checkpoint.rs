@@ -9,6 +9,9 @@
 //!   trainer_state.json                                 round, optimizer step, schedule, RNG keys, data cursor
 //!   config.resolved.toml                               the run's configuration
 //! ```
+//!
+//! With LoRA (`lora.r > 0`) the weights are PEFT adapters instead of full models: see
+//! [`super::weights`].
 
 use std::path::{Path, PathBuf};
 

@@ -10,6 +10,7 @@ use super::advantage::Baseline;
 use super::loss::LossConfig;
 use super::optimizer::OptimizerConfig;
 use crate::estimator::EstimatorConfig;
+use crate::model::LoraConfig;
 use crate::reward::RewardWeights;
 use crate::rollout::RolloutConfig;
 use crate::{Error, Result};
@@ -19,6 +20,8 @@ use crate::{Error, Result};
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
     pub model: ModelSection,
+    /// LoRA adapters (`r = 0`: full fine-tuning).
+    pub lora: LoraConfig,
     pub tokenizer: TokenizerSection,
     pub data: DataSection,
     /// Rollout sampler settings ([`RolloutConfig`]; `seed` is the base of per-round seeds).
@@ -40,6 +43,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             model: Default::default(),
+            lora: Default::default(),
             tokenizer: Default::default(),
             data: Default::default(),
             rollout: default_rollout(),
@@ -380,6 +384,7 @@ impl TrainConfig {
         }
         self.rollout.validate()?;
         self.estimator.build()?;
+        self.lora.validate()?;
         Ok(())
     }
 

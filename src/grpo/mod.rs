@@ -19,6 +19,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod run;
 pub mod trainer;
+pub mod weights;
 
 pub use checkpoint::{SamplerState, TrainerState};
 pub use config::TrainConfig;

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::adamw::FusedAdamW;
 use super::schedule::ScheduleKind;
-use crate::model::DiffusionLm;
+use crate::model::{lora, DiffusionLm};
 use crate::{Error, Result};
 
 /// `[optimizer]` section: AdamW, its schedule and gradient clipping (released values).
@@ -143,7 +143,8 @@ impl<B: AutodiffBackend> GrpoOptimizer<B> {
         grads: GradientsParams,
     ) -> (DiffusionLm<B>, UpdateOutcome) {
         let dtype = model.dtype();
-        if !self.config.master_weights || dtype == DType::F32 {
+        // LoRA adapters are f32 over a frozen base: nothing low-precision is trained.
+        if !self.config.master_weights || dtype == DType::F32 || lora::has_adapters(&model) {
             return self.adamw_step(lr, model, grads);
         }
         let master = match self.master.take() {

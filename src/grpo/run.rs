@@ -7,7 +7,7 @@
 //! | `metrics.jsonl` | one record per round (TRL names, see [`crate::metrics::names`]) |
 //! | `evals.jsonl` | one record per evaluation: step, pass@k, pass rate, AR-ness, seconds |
 //! | `completions.jsonl` | sampled completions with their rewards |
-//! | `checkpoints/step-N` | the final policy (HF format) and trainer state |
+//! | `checkpoints/step-N` | the final policy (HF format, or PEFT adapters with LoRA) and trainer state |
 //! | `curves.svg` | reward (smoothed) and held-out pass@1 over rounds |
 //! | `summary.json` | [`RunSummary`] |
 

@@ -28,23 +28,22 @@ use std::time::{Duration, Instant};
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use rand::Rng;
 
 use super::advantage::{group_advantages, AdvantageStats};
-use super::checkpoint::{
-    self, RngState, SamplerState, TrainerState, OPTIMIZER_FILE, REFERENCE_DIR, STATE_FORMAT,
-};
+use super::checkpoint::{self, RngState, SamplerState, TrainerState, OPTIMIZER_FILE, STATE_FORMAT};
 use super::config::TrainConfig;
 use super::loss::{grpo_loss, LossSums};
 use super::optimizer::GrpoOptimizer;
-use super::reference::{all_finite, soft_update};
+use super::reference::all_finite;
 use super::schedule::LrSchedule;
+use super::weights::{self, model_dtype};
 use crate::data::{self, Task};
 use crate::estimator::masks::keyed_rng;
 use crate::estimator::{Estimator, LikelihoodEstimator, MaskSeed, ScoreBatch};
 use crate::metrics::{names, CompletionSample, JsonlSink, Metrics, Progress};
-use crate::model::{self, DiffusionLm, SaveDtype, Tokenizer};
+use crate::model::{self, DiffusionLm, Tokenizer};
 use crate::reward::{CombinedReward, RewardFn};
 use crate::rollout::{self, RolloutBatch};
 use crate::sandbox::{Executor, Limits, Outcome, Pool};
@@ -53,6 +52,7 @@ use crate::{Error, Result};
 /// Key domains of the trainer's keyed RNG uses (masks use their own, see `estimator::masks`).
 const TASK_ORDER_DOMAIN: u64 = 0x7461_736b_5f6f_7264; // "task_ord"
 const ROLLOUT_DOMAIN: u64 = 0x726f_6c6c_6f75_7421; // "rollout!"
+const LORA_DROPOUT_DOMAIN: u64 = 0x6c6f_7261_5f64_726f; // "lora_dro"
 
 /// A user reward function and its weight in the total.
 #[derive(Clone)]
@@ -507,14 +507,6 @@ pub fn sandbox_limits(config: &TrainConfig) -> Limits {
     }
 }
 
-fn model_dtype(config: &TrainConfig) -> DType {
-    if config.model.dtype == "bf16" {
-        DType::BF16
-    } else {
-        DType::F32
-    }
-}
-
 fn load_tokenizer_for(
     config: &TrainConfig,
     model_dir: &Path,
@@ -555,7 +547,7 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// Continue the run saved in `checkpoint` (a `step-N` directory) under `config`.
     pub fn resume(config: TrainConfig, checkpoint: &Path, device: B::Device) -> Result<Self> {
-        let policy = model::load_pretrained_with::<B>(checkpoint, &device, model_dtype(&config))?;
+        let policy = weights::load_policy::<B>(&config, checkpoint, &device)?;
         let tokenizer = load_tokenizer_for(&config, checkpoint, policy.config())?;
         let tasks = load_tasks(&config)?;
         let rewards = Rewards::combined(
@@ -570,7 +562,8 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// Build from explicit parts (a custom reward or executor, in-memory tasks or model).
-    /// `config.model` / `config.data` / `config.sandbox` / `config.reward` are not read.
+    /// `config.model` / `config.data` / `config.sandbox` / `config.reward` are not read. With
+    /// `lora.r > 0` the policy's base is frozen and adapters are attached (unless it has them).
     pub fn from_parts(
         config: TrainConfig,
         policy: DiffusionLm<B>,
@@ -594,8 +587,9 @@ impl<B: AutodiffBackend> Trainer<B> {
             o.warmup_steps,
             o.min_lr_ratio,
         )?;
-        // No reference copy at all when β = 0.
-        let reference = (config.grpo.beta != 0.0).then(|| policy.valid());
+        let policy = weights::prepare_policy(&config, policy)?;
+        // No reference at all when β = 0; with LoRA it shares the policy's base weights.
+        let reference = weights::initial_reference(&config, &policy);
         let sampler = TaskSampler::new(
             tasks.len(),
             config.grpo.seed,
@@ -776,7 +770,6 @@ impl<B: AutodiffBackend> Trainer<B> {
             rollout.prompt_mask.clone(),
             rollout.completion_ids.clone(),
         )?;
-        let k = batch.completion_len();
         let ga = cfg.gradient_accumulation_steps;
         // Rows per forward: the knob, else a whole accumulation chunk (the released footprint).
         let micro = if cfg.micro_batch_rows == 0 {
@@ -788,144 +781,43 @@ impl<B: AutodiffBackend> Trainer<B> {
         let seeds: Vec<MaskSeed> = (0..mu as u64)
             .map(|j| MaskSeed::new(cfg.seed, round, j))
             .collect();
-        let loss_cfg = cfg.loss();
         let mut forward_passes = 0usize;
         let mut ratios = Vec::new();
 
         // π_old (μ > 1) and π_ref, scored right after the rollout with the iteration seeds.
         let t = Instant::now();
-        let mut old: Vec<Option<Vec<f32>>> = vec![None; mu];
-        let mut reference: Vec<Option<Vec<f32>>> = vec![None; mu];
-        let inner = (mu > 1).then(|| self.policy().valid());
-        for (j, seed) in seeds.iter().enumerate() {
-            if let Some(model) = &inner {
-                old[j] = Some(score_host(
-                    &self.estimator,
-                    model,
-                    &batch,
-                    *seed,
-                    micro,
-                    &mut forward_passes,
-                )?);
-            }
-            if cfg.beta != 0.0 {
-                let model = self.reference.as_ref().expect("β ≠ 0 keeps a reference");
-                reference[j] = Some(score_host(
-                    &self.estimator,
-                    model,
-                    &batch,
-                    *seed,
-                    micro,
-                    &mut forward_passes,
-                )?);
-            }
-        }
-        drop(inner);
+        let (old, reference) =
+            self.score_old_and_reference(&batch, &seeds, micro, &mut forward_passes)?;
         let old_ref_time = t.elapsed().as_secs_f64();
 
-        let cm: Vec<f32> = rollout
+        let mask: Vec<f32> = rollout
             .completion_mask
             .iter()
             .flatten()
             .map(|&m| m as f32)
             .collect();
-        let chunks: Vec<(usize, usize)> = (0..ga)
-            .map(|c| (c * rows / ga, (c + 1) * rows / ga))
-            .collect();
+        let inputs = UpdateInputs {
+            chunks: (0..ga)
+                .map(|c| (c * rows / ga, (c + 1) * rows / ga))
+                .collect(),
+            batch,
+            advantages,
+            mask,
+            micro,
+            old,
+            reference,
+        };
 
         let t = Instant::now();
         let mut iterations = Vec::with_capacity(mu);
-        let mut skipped = 0u32;
         let mut total = LossSums::default();
         for (j, seed) in seeds.iter().enumerate() {
-            let mut accumulator = GradientsAccumulator::<DiffusionLm<B>>::new();
-            let mut sums = LossSums::default();
-            let mut loss_value = 0f64;
-            let mut finite = true;
-            let (mut forward_time, mut backward_time) = (0f64, 0f64);
-            for &(c0, c1) in &chunks {
-                let chunk_tokens: f32 = cm[c0 * k..c1 * k].iter().sum();
-                let normalizer = chunk_tokens.max(1.0) * ga as f32;
-                let mut r0 = c0;
-                while r0 < c1 {
-                    let r1 = (r0 + micro).min(c1);
-                    let sub = batch.select(r0..r1);
-                    let policy = self.policy();
-                    let tf = Instant::now();
-                    let scores = self.estimator.score(policy, &sub, *seed)?;
-                    forward_passes += scores.forward_passes;
-                    if j == 0 {
-                        ratios.extend_from_slice(&scores.ratios);
-                    }
-                    let current = scores.per_token;
-                    let old_t = match &old[j] {
-                        Some(v) => host_tensor::<B>(&v[r0 * k..r1 * k], [r1 - r0, k], &self.device),
-                        None => current.clone().detach(),
-                    };
-                    let ref_t = reference[j]
-                        .as_ref()
-                        .map(|v| host_tensor::<B>(&v[r0 * k..r1 * k], [r1 - r0, k], &self.device));
-                    let adv = Tensor::<B, 1>::from_data(
-                        TensorData::new(advantages[r0..r1].to_vec(), [r1 - r0]),
-                        &self.device,
-                    );
-                    let mask = host_tensor::<B>(&cm[r0 * k..r1 * k], [r1 - r0, k], &self.device);
-                    // The stats read inside grpo_loss syncs the device, so this is compute time.
-                    let (loss, part) =
-                        grpo_loss(current, old_t, ref_t, adv, mask, &loss_cfg, normalizer)?;
-                    forward_time += tf.elapsed().as_secs_f64();
-                    let tb = Instant::now();
-                    sums.add(&part);
-                    loss_value += part.loss / normalizer as f64;
-                    if !part.loss.is_finite() {
-                        // Nothing from a non-finite loss may reach the parameters.
-                        finite = false;
-                    } else if finite {
-                        let grads = GradientsParams::from_grads(loss.backward(), policy);
-                        accumulator.accumulate(policy, grads);
-                        B::sync(&self.device)
-                            .map_err(|e| Error::invalid("device", format!("{e:?}")))?;
-                    }
-                    backward_time += tb.elapsed().as_secs_f64();
-                    r0 = r1;
-                }
-            }
-            let to = Instant::now();
-            let lr = self.schedule.lr(self.optimizer_step);
-            let grads = accumulator.grads();
-            let (grad_norm, applied) = if finite {
-                let policy = self.policy.take().expect("policy present");
-                let (policy, outcome) = self.optimizer.step(lr, policy, grads);
-                self.policy = Some(policy);
-                (outcome.grad_norm, outcome.applied)
-            } else {
-                (f64::NAN, false)
-            };
-            if !applied {
-                skipped += 1;
-                self.skipped_updates += 1;
-            }
-            self.optimizer_step += 1;
-            if cfg.sync_ref_model && self.optimizer_step.is_multiple_of(cfg.ref_sync_steps) {
-                if let Some(r) = self.reference.take() {
-                    self.reference =
-                        Some(soft_update(r, &self.policy().valid(), cfg.ref_sync_alpha));
-                }
-            }
-            B::sync(&self.device).map_err(|e| Error::invalid("device", format!("{e:?}")))?;
-            let optimizer_time = to.elapsed().as_secs_f64();
-            total.add(&sums);
-            iterations.push(IterationStats {
-                loss: loss_value,
-                grad_norm,
-                learning_rate: lr,
-                applied,
-                sums,
-                forward_time,
-                backward_time,
-                optimizer_time,
-            });
+            let iteration =
+                self.iteration(round, j, *seed, &inputs, &mut forward_passes, &mut ratios)?;
+            total.add(&iteration.sums);
+            iterations.push(iteration);
         }
+        let skipped = iterations.iter().filter(|i| !i.applied).count() as u32;
         let update_time = t.elapsed().as_secs_f64();
         let finite_norms: Vec<f64> = iterations
             .iter()
@@ -977,6 +869,163 @@ impl<B: AutodiffBackend> Trainer<B> {
         })
     }
 
+    /// π_old's scores (only when μ > 1; with μ = 1 the current score stands in, detached) and
+    /// π_ref's (β ≠ 0) for every iteration seed, on the host, `[rows * K]` each.
+    #[allow(clippy::type_complexity)]
+    fn score_old_and_reference(
+        &self,
+        batch: &ScoreBatch,
+        seeds: &[MaskSeed],
+        micro: usize,
+        forward_passes: &mut usize,
+    ) -> Result<(Vec<Option<Vec<f32>>>, Vec<Option<Vec<f32>>>)> {
+        let inner = (seeds.len() > 1).then(|| self.policy().valid());
+        let mut old = Vec::with_capacity(seeds.len());
+        let mut reference = Vec::with_capacity(seeds.len());
+        for seed in seeds {
+            let mut score =
+                |model| score_host(&self.estimator, model, batch, *seed, micro, forward_passes);
+            old.push(inner.as_ref().map(&mut score).transpose()?);
+            reference.push(self.reference.as_ref().map(&mut score).transpose()?);
+        }
+        Ok((old, reference))
+    }
+
+    /// One optimizer step `j` of a round: the estimator's scores with the graph, the loss and
+    /// backward per micro-batch, accumulated over the chunks, then AdamW (and the reference
+    /// sync when due).
+    fn iteration(
+        &mut self,
+        round: u64,
+        j: usize,
+        seed: MaskSeed,
+        inputs: &UpdateInputs<'_>,
+        forward_passes: &mut usize,
+        ratios: &mut Vec<f32>,
+    ) -> Result<IterationStats> {
+        if self.config.lora.dropout > 0.0 {
+            // The adapters' dropout draws from the backend RNG: key it by (round, j) so that a
+            // resumed run draws the same masks.
+            let key = [self.config.grpo.seed, round, j as u64, LORA_DROPOUT_DOMAIN];
+            B::seed(&self.device, keyed_rng(key, 0).random());
+        }
+        let mut pass = GradientPass::<B>::default();
+        let (k, ga) = (
+            inputs.batch.completion_len(),
+            self.config.grpo.gradient_accumulation_steps,
+        );
+        for &(c0, c1) in &inputs.chunks {
+            let chunk_tokens: f32 = inputs.mask[c0 * k..c1 * k].iter().sum();
+            let normalizer = chunk_tokens.max(1.0) * ga as f32;
+            for r0 in (c0..c1).step_by(inputs.micro) {
+                let rows = r0..(r0 + inputs.micro).min(c1);
+                self.micro_batch(
+                    inputs,
+                    j,
+                    seed,
+                    rows,
+                    normalizer,
+                    &mut pass,
+                    forward_passes,
+                    ratios,
+                )?;
+            }
+        }
+        let to = Instant::now();
+        let lr = self.schedule.lr(self.optimizer_step);
+        let (grad_norm, applied) = if pass.finite {
+            let policy = self.policy.take().expect("policy present");
+            let (policy, outcome) = self.optimizer.step(lr, policy, pass.accumulator.grads());
+            self.policy = Some(policy);
+            (outcome.grad_norm, outcome.applied)
+        } else {
+            (f64::NAN, false)
+        };
+        if !applied {
+            self.skipped_updates += 1;
+        }
+        self.optimizer_step += 1;
+        let g = &self.config.grpo;
+        if g.sync_ref_model && self.optimizer_step.is_multiple_of(g.ref_sync_steps) {
+            if let Some(r) = self.reference.take() {
+                self.reference = Some(weights::sync_reference(&self.config, r, self.policy()));
+            }
+        }
+        B::sync(&self.device).map_err(|e| Error::invalid("device", format!("{e:?}")))?;
+        Ok(IterationStats {
+            loss: pass.loss,
+            grad_norm,
+            learning_rate: lr,
+            applied,
+            sums: pass.sums,
+            forward_time: pass.forward_time,
+            backward_time: pass.backward_time,
+            optimizer_time: to.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Score rows `rows` with the graph, take their loss (over the chunk's `normalizer`) and
+    /// accumulate its gradients into `pass` (nothing once a loss was non-finite).
+    #[allow(clippy::too_many_arguments)]
+    fn micro_batch(
+        &self,
+        inputs: &UpdateInputs<'_>,
+        j: usize,
+        seed: MaskSeed,
+        rows: std::ops::Range<usize>,
+        normalizer: f32,
+        pass: &mut GradientPass<B>,
+        forward_passes: &mut usize,
+        ratios: &mut Vec<f32>,
+    ) -> Result<()> {
+        let (r0, r1, k) = (rows.start, rows.end, inputs.batch.completion_len());
+        let host = |v: &[f32]| host_tensor::<B>(&v[r0 * k..r1 * k], [r1 - r0, k], &self.device);
+        let policy = self.policy();
+        let tf = Instant::now();
+        let scores = self
+            .estimator
+            .score(policy, &inputs.batch.select(rows), seed)?;
+        *forward_passes += scores.forward_passes;
+        if j == 0 {
+            ratios.extend_from_slice(&scores.ratios);
+        }
+        let current = scores.per_token;
+        let old = match &inputs.old[j] {
+            Some(v) => host(v),
+            None => current.clone().detach(),
+        };
+        let reference = inputs.reference[j].as_deref().map(host);
+        let adv = Tensor::<B, 1>::from_data(
+            TensorData::new(inputs.advantages[r0..r1].to_vec(), [r1 - r0]),
+            &self.device,
+        );
+        let loss_cfg = self.config.grpo.loss();
+        // The stats read inside grpo_loss syncs the device, so this is compute time.
+        let (loss, part) = grpo_loss(
+            current,
+            old,
+            reference,
+            adv,
+            host(&inputs.mask),
+            &loss_cfg,
+            normalizer,
+        )?;
+        pass.forward_time += tf.elapsed().as_secs_f64();
+        let tb = Instant::now();
+        pass.sums.add(&part);
+        pass.loss += part.loss / normalizer as f64;
+        if !part.loss.is_finite() {
+            // Nothing from a non-finite loss may reach the parameters.
+            pass.finite = false;
+        } else if pass.finite {
+            let grads = GradientsParams::from_grads(loss.backward(), policy);
+            pass.accumulator.accumulate(policy, grads);
+            B::sync(&self.device).map_err(|e| Error::invalid("device", format!("{e:?}")))?;
+        }
+        pass.backward_time += tb.elapsed().as_secs_f64();
+        Ok(())
+    }
+
     /// The resumable state (everything besides tensors).
     pub fn state(&self) -> TrainerState {
         TrainerState {
@@ -991,7 +1040,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 next_round: self.step,
             },
             schedule: self.schedule,
-            has_reference: self.reference.is_some(),
+            has_reference: weights::stores_reference(&self.config, self.reference.as_ref()),
         }
     }
 
@@ -1013,17 +1062,9 @@ impl<B: AutodiffBackend> Trainer<B> {
                 message: "the policy has non-finite weights; refusing to save".into(),
             });
         }
-        let dtype = if policy.dtype() == DType::BF16 {
-            SaveDtype::Bf16
-        } else {
-            SaveDtype::F32
-        };
         checkpoint::write_atomically(target, |dir| {
-            model::save_pretrained(policy, dir, dtype)?;
+            weights::save(&self.config, dir, policy, self.reference.as_ref())?;
             self.tokenizer.save(dir.join("tokenizer.json"))?;
-            if let Some(r) = &self.reference {
-                model::save_pretrained(r, dir.join(REFERENCE_DIR), dtype)?;
-            }
             self.optimizer.save(policy, &dir.join(OPTIMIZER_FILE))?;
             self.state().save(dir)?;
             self.config.save_resolved(dir)?;
@@ -1033,9 +1074,9 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// Restore the policy, reference, optimizer and trainer state from a checkpoint directory.
     pub fn restore(&mut self, checkpoint: &Path) -> Result<()> {
-        let policy =
-            model::load_pretrained_with::<B>(checkpoint, &self.device, self.policy().dtype())?;
-        self.policy = Some(policy);
+        // A clone shares the tensors; the policy stays in place if the checkpoint is refused.
+        let current = self.policy().clone();
+        self.policy = Some(weights::restore_policy(&self.config, checkpoint, current)?);
         self.restore_state(checkpoint)
     }
 
@@ -1052,24 +1093,8 @@ impl<B: AutodiffBackend> Trainer<B> {
                 ),
             });
         }
-        self.reference = match (state.has_reference, self.config.grpo.beta != 0.0) {
-            (true, true) => Some(model::load_pretrained_with::<B::InnerBackend>(
-                dir.join(REFERENCE_DIR),
-                &self.device,
-                self.policy().dtype(),
-            )?),
-            (false, false) => None,
-            (had, _) => {
-                return Err(Error::Checkpoint {
-                    path: dir.to_path_buf(),
-                    message: format!(
-                        "the checkpoint {} a reference model but grpo.beta = {}",
-                        if had { "has" } else { "has no" },
-                        self.config.grpo.beta
-                    ),
-                })
-            }
-        };
+        self.reference =
+            weights::load_reference(&self.config, dir, state.has_reference, self.policy())?;
         let policy = self.policy.take().expect("policy present");
         let loaded = self.optimizer.load(&policy, &dir.join(OPTIMIZER_FILE));
         self.policy = Some(policy);
@@ -1137,6 +1162,45 @@ impl<B: AutodiffBackend> Trainer<B> {
             last = Some(stats);
         }
         Ok(last)
+    }
+}
+
+/// What the μ iterations of one update share.
+struct UpdateInputs<'a> {
+    batch: ScoreBatch,
+    advantages: &'a [f32],
+    /// `[rows * K]` completion mask (1 = a token of the completion).
+    mask: Vec<f32>,
+    /// Row ranges of the gradient-accumulation chunks.
+    chunks: Vec<(usize, usize)>,
+    /// Rows per forward.
+    micro: usize,
+    /// Per iteration: π_old's host scores `[rows * K]` (μ > 1) and π_ref's (β ≠ 0).
+    old: Vec<Option<Vec<f32>>>,
+    reference: Vec<Option<Vec<f32>>>,
+}
+
+/// The gradients and sums of one iteration's forward/backward passes.
+struct GradientPass<B: AutodiffBackend> {
+    accumulator: GradientsAccumulator<DiffusionLm<B>>,
+    sums: LossSums,
+    loss: f64,
+    /// False once a micro-batch's loss was non-finite (the update is then skipped).
+    finite: bool,
+    forward_time: f64,
+    backward_time: f64,
+}
+
+impl<B: AutodiffBackend> Default for GradientPass<B> {
+    fn default() -> Self {
+        Self {
+            accumulator: GradientsAccumulator::new(),
+            sums: LossSums::default(),
+            loss: 0.0,
+            finite: true,
+            forward_time: 0.0,
+            backward_time: 0.0,
+        }
     }
 }
 

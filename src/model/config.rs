@@ -102,7 +102,13 @@ fn default_initializer_range() -> f64 {
 }
 
 /// Names accepted by [`ModelConfig::preset`].
-pub const PRESETS: &[&str] = &["tiny", "small", "qwen2.5-0.5b", "diffucoder-7b"];
+pub const PRESETS: &[&str] = &[
+    "tiny",
+    "small",
+    "small-qwen-vocab",
+    "qwen2.5-0.5b",
+    "diffucoder-7b",
+];
 
 impl ModelConfig {
     /// Read and validate an HF `config.json`.
@@ -186,6 +192,13 @@ impl ModelConfig {
                 c.pad_token_id = Some(4);
                 c.bos_token_id = Some(0);
                 c.eos_token_id = Some(0);
+                c
+            }
+            // The small trunk with Qwen2.5's 151,936-token vocabulary and tied head (as
+            // Qwen2.5-0.5B): where vocabulary-wide logits dominate an update's memory.
+            "small-qwen-vocab" => {
+                let mut c = diffucoder_ids(base(151_936, 256, 688, 4, 8, 2));
+                c.tie_word_embeddings = true;
                 c
             }
             "qwen2.5-0.5b" => {

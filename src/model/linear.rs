@@ -3,17 +3,21 @@
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, Tensor};
 
+use super::lora::LoraAdapter;
 use super::weights::{Init, TensorSink, WeightSource};
 use crate::Result;
 
-/// `y = x Wᵀ + b`. The weight is kept as `[in, out]` in memory (contiguous for the matmul) and
-/// transposed to HF's `[out, in]` only when loading and saving.
+/// `y = x Wᵀ + b` (plus a LoRA adapter's `scale · (x·Aᵀ)·Bᵀ` when one is attached). The weight
+/// is kept as `[in, out]` in memory (contiguous for the matmul) and transposed to HF's
+/// `[out, in]` only when loading and saving.
 #[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
     /// `[d_in, d_out]`
     pub weight: Param<Tensor<B, 2>>,
     /// `[d_out]`
     pub bias: Option<Param<Tensor<B, 1>>>,
+    /// A low-rank adapter ([`super::lora`]); saved by [`super::peft`], never by [`Self::save`].
+    pub lora: Option<LoraAdapter<B>>,
 }
 
 impl<B: Backend> Linear<B> {
@@ -46,13 +50,20 @@ impl<B: Backend> Linear<B> {
         Ok(Self {
             weight: Param::from_tensor(w),
             bias,
+            lora: None,
         })
     }
 
     /// # Shapes
     /// - input: `[..., d_in]` → output `[..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        crate::cpu::ops::linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
+        let bias = self.bias.as_ref().map(|b| b.val());
+        match &self.lora {
+            None => crate::cpu::ops::linear(x, self.weight.val(), bias),
+            Some(adapter) => {
+                crate::cpu::ops::linear(x.clone(), self.weight.val(), bias) + adapter.forward(x)
+            }
+        }
     }
 
     /// Record under HF keys and layout.

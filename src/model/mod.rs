@@ -1,11 +1,14 @@
-//! The masked-diffusion transformer (Dream / DiffuCoder), its HF I/O and its tokenizer.
+//! The masked-diffusion transformer (Dream / DiffuCoder), its HF I/O, LoRA adapters (PEFT
+//! format) and its tokenizer.
 
 pub mod attention;
 pub mod block;
 pub mod config;
 pub mod linear;
+pub mod lora;
 pub mod mlp;
 pub mod norm;
+pub mod peft;
 pub mod pretrained;
 pub mod rope;
 pub mod tokenizer;
@@ -13,9 +16,10 @@ pub mod transformer;
 pub mod weights;
 
 pub use config::{ModelConfig, PRESETS};
+pub use lora::{LoraAdapter, LoraConfig};
 pub use pretrained::{
     check_tokenizer, init_directory, load_pretrained, load_pretrained_with, load_tokenizer,
-    save_pretrained, vendored_qwen_tokenizer,
+    load_with_adapter, save_pretrained, stored_dtype, vendored_qwen_tokenizer,
 };
 pub use tokenizer::{
     byte_level_specials, byte_level_tokenizer, chat_prompt, left_pad, PromptBatch,

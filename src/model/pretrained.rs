@@ -51,12 +51,24 @@ pub fn load_pretrained_with<B: Backend>(
 
 /// Save `config.json` and `model.safetensors` (HF keys, `[out, in]` linear weights) into `dir`,
 /// each file written atomically. The directory then loads in Hugging Face transformers.
+///
+/// A model carrying LoRA adapters is refused: save the adapters with
+/// [`super::peft::save_adapter`], or fold them in first with [`super::lora::merge`].
 pub fn save_pretrained<B: Backend>(
     model: &DiffusionLm<B>,
     dir: impl AsRef<Path>,
     dtype: SaveDtype,
 ) -> Result<()> {
     let dir = dir.as_ref();
+    if super::lora::has_adapters(model) {
+        return Err(Error::invalid(
+            "model",
+            format!(
+                "{}: the model carries LoRA adapters; save them with peft::save_adapter or merge them first",
+                dir.display()
+            ),
+        ));
+    }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut config = model.config().clone();
     config.torch_dtype = Some(
@@ -144,4 +156,27 @@ const QWEN_VOCAB: usize = 151_669;
 /// The Qwen tokenizer shipped in `assets/` (same base vocabulary as DiffuCoder).
 pub fn vendored_qwen_tokenizer() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/tokenizers/qwen/tokenizer.json.gz")
+}
+
+/// Load an HF model directory and, when `adapter` names one, a PEFT LoRA adapter directory on
+/// top of it (unmerged: the forward runs the thin adapter products).
+pub fn load_with_adapter<B: Backend>(
+    dir: impl AsRef<Path>,
+    adapter: Option<&Path>,
+    device: &B::Device,
+    dtype: DType,
+) -> Result<DiffusionLm<B>> {
+    let model = load_pretrained_with::<B>(dir, device, dtype)?;
+    match adapter {
+        None => Ok(model),
+        Some(adapter) => Ok(super::peft::load_adapter(model, adapter)?.0),
+    }
+}
+
+/// The storage dtype a directory's `config.json` declares (`torch_dtype`), f32 when absent.
+pub fn stored_dtype(config: &ModelConfig) -> SaveDtype {
+    match config.torch_dtype.as_deref() {
+        Some("bfloat16") => SaveDtype::Bf16,
+        _ => SaveDtype::F32,
+    }
 }

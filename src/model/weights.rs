@@ -302,7 +302,10 @@ impl<B: Backend> WeightSource<B> for SafetensorsSource<'_, B> {
     }
 }
 
-fn decode_f32(dtype: safetensors::Dtype, bytes: &[u8]) -> std::result::Result<Vec<f32>, String> {
+pub(crate) fn decode_f32(
+    dtype: safetensors::Dtype,
+    bytes: &[u8],
+) -> std::result::Result<Vec<f32>, String> {
     use safetensors::Dtype as S;
     let chunks = |n: usize| bytes.chunks_exact(n);
     Ok(match dtype {

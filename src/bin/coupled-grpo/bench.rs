@@ -68,6 +68,10 @@ pub struct CommonArgs {
 pub struct TrainStepArgs {
     #[command(flatten)]
     common: CommonArgs,
+    /// Train LoRA adapters of this rank (alpha = 2r, the seven projections) on a frozen base
+    /// instead of every weight; 0 = full fine-tuning.
+    #[arg(long, default_value_t = 0)]
+    lora_r: usize,
 }
 
 #[derive(ClapArgs)]
@@ -85,6 +89,11 @@ pub struct GrpoStepArgs {
     /// backward pass instead of keeping them.
     #[arg(long)]
     checkpointing: bool,
+    /// Target log-probs: `lean` (the fused head on scored positions only), `full` (the
+    /// reference path that keeps every view's vocabulary-wide log-probs), or `both`: this bench
+    /// in two child processes, lean then full, and each one's peak RSS.
+    #[arg(long, default_value = "lean", value_parser = ["lean", "full", "both"])]
+    scoring: String,
 }
 
 #[derive(ClapArgs)]
@@ -274,6 +283,18 @@ fn prepare(c: &CommonArgs, what: &str, config: &ModelConfig) -> anyhow::Result<A
 fn train_step(args: TrainStepArgs) -> anyhow::Result<()> {
     let c = &args.common;
     let config = ModelConfig::preset(&c.preset)?;
+    let lora = (args.lora_r > 0).then(|| coupled_grpo::model::LoraConfig {
+        r: args.lora_r,
+        alpha: 2.0 * args.lora_r as f64,
+        ..Default::default()
+    });
+    if let Some(l) = &lora {
+        l.validate()?;
+        println!(
+            "LoRA r {} (alpha {}): only the adapters train",
+            l.r, l.alpha
+        );
+    }
     let progress = prepare(c, "train-step", &config)?;
     let p = progress.clone();
     let mut observe = move |step: usize, phase: Phase, s: f64| {
@@ -288,6 +309,7 @@ fn train_step(args: TrainStepArgs) -> anyhow::Result<()> {
         ($b:ty) => {
             perf::train_step_observed::<$b>(
                 &config,
+                lora.as_ref(),
                 c.batch,
                 c.seq,
                 c.steps,
@@ -356,7 +378,12 @@ fn grpo_step(args: GrpoStepArgs) -> anyhow::Result<()> {
             c.seq
         );
     }
-    let train = TrainConfig::from_toml_str("", &args.overrides, None)?;
+    if args.scoring == "both" {
+        return compare_scoring();
+    }
+    let mut overrides = args.overrides.clone();
+    overrides.push(format!("estimator.scoring={}", args.scoring));
+    let train = TrainConfig::from_toml_str("", &overrides, None)?;
     let what = if args.checkpointing {
         "grpo-step (balanced checkpointing)"
     } else {
@@ -364,8 +391,9 @@ fn grpo_step(args: GrpoStepArgs) -> anyhow::Result<()> {
     };
     let progress = prepare(c, what, &config)?;
     println!(
-        "estimator {}, num_iterations {}, beta {}, master weights {}",
+        "estimator {} ({} scoring), num_iterations {}, beta {}, master weights {}",
         train.estimator.kind.name(),
+        args.scoring,
         train.grpo.num_iterations,
         train.grpo.beta,
         train.optimizer.master_weights
@@ -407,6 +435,49 @@ fn grpo_step(args: GrpoStepArgs) -> anyhow::Result<()> {
     print_memory(&progress);
     settle_kernel_profile(c);
     Ok(())
+}
+
+/// Runs this command again as two child processes, `--scoring lean` then `--scoring full`, and
+/// reports each child's peak RSS (separate processes: neither inherits the other's heap).
+fn compare_scoring() -> anyhow::Result<()> {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--scoring") {
+        args.drain(i..(i + 2).min(args.len()));
+    }
+    args.retain(|a| !a.starts_with("--scoring="));
+    let exe = std::env::current_exe()?;
+    let mut peaks = Vec::new();
+    for scoring in ["lean", "full"] {
+        println!("== --scoring {scoring}");
+        let child = std::process::Command::new(&exe)
+            .args(&args)
+            .args(["--scoring", scoring])
+            .spawn()?;
+        let (status, peak) = wait_with_peak_rss(child.id())?;
+        if status != 0 {
+            bail!("the --scoring {scoring} run failed (wait status {status})");
+        }
+        peaks.push(peak);
+    }
+    println!(
+        "peak RSS by scoring path: lean {:.2} GiB, full {:.2} GiB (full / lean = {:.2})",
+        gib(peaks[0]),
+        gib(peaks[1]),
+        peaks[1] as f64 / peaks[0].max(1) as f64
+    );
+    Ok(())
+}
+
+/// Waits for child `pid`; returns its wait status and peak resident memory in bytes.
+fn wait_with_peak_rss(pid: u32) -> anyhow::Result<(i32, u64)> {
+    let mut status = 0;
+    // SAFETY: wait4 writes the status and the child's usage into the locals we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let got = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
+    if got != pid as libc::pid_t {
+        bail!("wait4: {}", std::io::Error::last_os_error());
+    }
+    Ok((status, usage.ru_maxrss as u64 * 1024))
 }
 
 fn print_grpo(s: &GrpoUpdateStats) {

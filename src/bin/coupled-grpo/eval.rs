@@ -8,12 +8,13 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
+use burn::tensor::DType;
 use clap::ValueEnum;
 use coupled_grpo::backend::Cpu;
 use coupled_grpo::data::synthetic::{Generator, Split};
 use coupled_grpo::data::{self, OnError, Task};
 use coupled_grpo::eval::{EvalConfig, Evaluator, PromptStyle};
-use coupled_grpo::model::{load_pretrained, load_tokenizer};
+use coupled_grpo::model::{load_tokenizer, load_with_adapter};
 use coupled_grpo::rollout::{Alg, RolloutConfig};
 
 use crate::reward::SandboxArgs;
@@ -30,6 +31,9 @@ pub struct Args {
     /// HF model directory (config.json, safetensors, tokenizer.json).
     #[arg(long)]
     model: PathBuf,
+    /// A PEFT LoRA adapter directory to run on top of the model (unmerged).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     #[arg(long, value_enum)]
     bench: Bench,
     /// Data file (default: the vendored HumanEval / MBPP under assets/data).
@@ -82,7 +86,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let device = Default::default();
-    let model = load_pretrained::<Cpu>(&args.model, &device)
+    let model = load_with_adapter::<Cpu>(&args.model, args.adapter.as_deref(), &device, DType::F32)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let tokenizer = load_tokenizer(&args.model, model.config())?;
     let tasks = load(&args)?;

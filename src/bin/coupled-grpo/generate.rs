@@ -18,6 +18,9 @@ pub struct Args {
     /// Model directory (config.json, weights, tokenizer.json).
     #[arg(long)]
     model: PathBuf,
+    /// A PEFT LoRA adapter directory to run on top of the model (unmerged).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// One user message (wrapped in the chat template unless --raw).
     #[arg(long)]
     prompt: Option<String>,
@@ -131,7 +134,7 @@ fn run_on<B: Backend>(args: &Args, device: B::Device) -> anyhow::Result<()> {
     } else {
         DType::F32
     };
-    let lm = model::load_pretrained_with::<B>(&args.model, &device, dtype)
+    let lm = model::load_with_adapter::<B>(&args.model, args.adapter.as_deref(), &device, dtype)
         .with_context(|| format!("loading {}", args.model.display()))?;
 
     let prompts: Vec<String> = jobs.iter().map(|j| j.text.clone()).collect();

@@ -6,6 +6,7 @@ mod bench;
 mod eval;
 mod generate;
 mod model;
+mod plan;
 mod reward;
 mod train;
 
@@ -29,6 +30,8 @@ enum Command {
     /// Create, inspect and run HF-format model directories.
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// Memory plan of an update: bytes per device by part, and whether it fits 80 / 141 GB.
+    Plan(plan::Args),
     /// Score completions against their tests (format + pass rate) in the sandbox.
     Reward(reward::Args),
     /// Train with coupled-GRPO (or the d1 / full-mask / decoupled baselines) from a TOML config.
@@ -42,6 +45,7 @@ fn main() -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Model(cmd) => model::run(cmd),
+        Command::Plan(args) => plan::run(args),
         Command::Reward(args) => reward::run(args),
         Command::Train(args) => train::run(args),
     }

@@ -1,4 +1,4 @@
-//! `coupled-grpo model init | inspect | forward`.
+//! `coupled-grpo model init | inspect | forward | merge-lora`.
 
 use std::path::{Path, PathBuf};
 
@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use clap::{Args, Subcommand};
 use coupled_grpo::backend::Cpu;
-use coupled_grpo::model::{self, ModelConfig, Tokenizer};
+use coupled_grpo::model::{self, lora, ModelConfig, SaveDtype, Tokenizer};
 
 #[derive(Subcommand)]
 pub enum ModelCommand {
@@ -19,6 +19,24 @@ pub enum ModelCommand {
     },
     /// Print the raw (unshifted) logits of one sequence, for parity checks.
     Forward(ForwardArgs),
+    /// Fold a PEFT LoRA adapter into its base: a plain HF directory with `W + scale·B·A`.
+    MergeLora(MergeLoraArgs),
+}
+
+#[derive(Args)]
+pub struct MergeLoraArgs {
+    /// The base model directory the adapter was trained on.
+    #[arg(long)]
+    base: PathBuf,
+    /// The adapter directory (adapter_config.json + adapter_model.safetensors).
+    #[arg(long)]
+    adapter: PathBuf,
+    /// Output directory (config.json, model.safetensors, tokenizer.json when the base has one).
+    #[arg(long)]
+    out: PathBuf,
+    /// Storage dtype of the merged weights (default: the base's `torch_dtype`).
+    #[arg(long, value_parser = ["f32", "bf16"])]
+    dtype: Option<String>,
 }
 
 #[derive(Args)]
@@ -55,6 +73,9 @@ pub struct ForwardArgs {
     /// Parameter dtype for the forward pass.
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
     dtype: String,
+    /// A PEFT LoRA adapter directory to run on top of the model, unmerged.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
 }
 
 pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
@@ -62,7 +83,35 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
         ModelCommand::Init(args) => init(args),
         ModelCommand::Inspect { dir } => inspect(&dir),
         ModelCommand::Forward(args) => forward(args),
+        ModelCommand::MergeLora(args) => merge_lora(args),
     }
+}
+
+fn merge_lora(args: MergeLoraArgs) -> anyhow::Result<()> {
+    let device = Default::default();
+    // Merge in f32 whatever the storage dtype, then store as asked.
+    let adapted =
+        model::load_with_adapter::<Cpu>(&args.base, Some(&args.adapter), &device, DType::F32)?;
+    let (adapter_params, layers) = lora::adapter_parameters(&adapted);
+    let dtype = match args.dtype.as_deref() {
+        Some("bf16") => SaveDtype::Bf16,
+        Some(_) => SaveDtype::F32,
+        None => model::stored_dtype(adapted.config()),
+    };
+    let merged = lora::merge(adapted);
+    model::save_pretrained(&merged, &args.out, dtype)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    let tokenizer = args.base.join("tokenizer.json");
+    if tokenizer.exists() {
+        std::fs::copy(&tokenizer, args.out.join("tokenizer.json"))
+            .with_context(|| format!("copying {}", tokenizer.display()))?;
+    }
+    println!(
+        "wrote {} ({} adapted layers, {adapter_params} adapter parameters folded in, {dtype:?})",
+        args.out.display(),
+        layers
+    );
+    Ok(())
 }
 
 fn init(args: InitArgs) -> anyhow::Result<()> {
@@ -179,7 +228,8 @@ fn forward(args: ForwardArgs) -> anyhow::Result<()> {
         DType::F32
     };
     let device = Default::default();
-    let model = model::load_pretrained_with::<Cpu>(&args.model, &device, dtype)?;
+    let model =
+        model::load_with_adapter::<Cpu>(&args.model, args.adapter.as_deref(), &device, dtype)?;
     let vocab = model.config().vocab_size;
     if let Some(bad) = ids.iter().find(|&&i| i < 0 || i as usize >= vocab) {
         bail!("--ids: {bad} is outside the vocabulary (0..{vocab})");
