@@ -13,7 +13,8 @@ pub struct Args {
     /// Model shape (tiny, small, small-qwen-vocab, qwen2.5-0.5b, diffucoder-7b).
     #[arg(long, default_value = "diffucoder-7b")]
     preset: String,
-    /// LoRA rank (adapters on q/k/v/o/gate/up/down, base frozen); full fine-tune without it.
+    /// LoRA rank (adapters on q/k/v/o/gate/up/down, base frozen); full fine-tune without it
+    /// or with 0.
     #[arg(long)]
     lora_r: Option<usize>,
     #[arg(long, default_value = "bf16", value_parser = ["f32", "bf16"])]
@@ -58,7 +59,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         } else {
             DType::F32
         },
-        lora: args.lora_r.map(|r| {
+        // r = 0 is full fine-tuning, as `lora.r = 0` in a training config.
+        lora: args.lora_r.filter(|&r| r > 0).map(|r| {
             (
                 r,
                 DEFAULT_TARGET_MODULES
