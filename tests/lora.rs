@@ -658,6 +658,11 @@ fn cli_merge_lora_and_forward_with_adapter_agree() {
         merged,
     ]);
     assert!(said.contains("6 adapted layers"), "{said}");
+    let inspected = run(&["model", "inspect", adapter]);
+    assert!(
+        inspected.contains("r 2 · lora_alpha 4") && inspected.contains("(rsLoRA)"),
+        "{inspected}"
+    );
     let ids = "3 17 42 5 99 7";
     let logits = |args: &[&str]| -> Vec<f32> {
         let v: serde_json::Value = serde_json::from_str(&run(args)).unwrap();

@@ -6,13 +6,14 @@ use anyhow::{bail, Context};
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use clap::{Args, Subcommand};
 use coupled_grpo::backend::Cpu;
-use coupled_grpo::model::{self, lora, ModelConfig, SaveDtype, Tokenizer};
+use coupled_grpo::model::{self, lora, peft, ModelConfig, SaveDtype, Tokenizer};
 
 #[derive(Subcommand)]
 pub enum ModelCommand {
     /// Write a complete random-weight HF model directory (config.json, model.safetensors, tokenizer.json).
     Init(InitArgs),
-    /// Summarise a model directory: config, parameter count, stored dtypes, tokenizer.
+    /// Summarise a model directory (config, parameter count, stored dtypes, tokenizer) or a
+    /// PEFT LoRA adapter directory (rank, scaling, targets, base, tensors).
     Inspect {
         /// The model directory.
         dir: PathBuf,
@@ -143,6 +144,9 @@ fn inspect(dir: &Path) -> anyhow::Result<()> {
     if !dir.is_dir() {
         bail!("{}: not a directory", dir.display());
     }
+    if dir.join(peft::ADAPTER_CONFIG_FILE).exists() {
+        return inspect_adapter(dir);
+    }
     let config = ModelConfig::from_file(dir.join("config.json"))?;
     println!("model directory  {}", dir.display());
     println!("architectures    {}", config.architectures.join(", "));
@@ -182,6 +186,46 @@ fn inspect(dir: &Path) -> anyhow::Result<()> {
         ),
         Err(e) => println!("tokenizer        unusable: {e}"),
     }
+    Ok(())
+}
+
+/// A PEFT LoRA adapter directory: its config and tensors.
+fn inspect_adapter(dir: &Path) -> anyhow::Result<()> {
+    let config = peft::AdapterConfig::load(dir)?;
+    let lora = config.to_lora();
+    println!("LoRA adapter     {}", dir.display());
+    println!(
+        "rank             r {} · lora_alpha {} · scale {}{}",
+        lora.r,
+        lora.alpha,
+        lora.scale(),
+        if lora.use_rslora { " (rsLoRA)" } else { "" }
+    );
+    println!("targets          {}", lora.target_modules.join(", "));
+    println!(
+        "base             {}",
+        config
+            .base_model_name_or_path
+            .as_deref()
+            .unwrap_or("(not recorded)")
+    );
+    let path = dir.join(peft::ADAPTER_WEIGHTS_FILE);
+    let bytes = std::fs::read(&path).with_context(|| path.display().to_string())?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .with_context(|| path.display().to_string())?;
+    let parameters: usize = st
+        .tensors()
+        .iter()
+        .map(|(_, t)| t.shape().iter().product::<usize>())
+        .sum();
+    println!("tensors          {} ({parameters} parameters)", st.len());
+    let dtypes: std::collections::BTreeSet<String> = st
+        .tensors()
+        .iter()
+        .map(|(_, t)| format!("{:?}", t.dtype()))
+        .collect();
+    let dtypes: Vec<String> = dtypes.into_iter().collect();
+    println!("stored dtypes    {}", dtypes.join(", "));
     Ok(())
 }
 
