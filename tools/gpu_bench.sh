@@ -17,6 +17,9 @@
 # diffucoder-7b shape in bf16 (balanced checkpointing, 1 row of 512 + 256 tokens, μ = 1, β = 0),
 # first with bf16 Adam state (about 8 bytes per parameter: 61 GB), then with f32 master weights
 # (about 16 bytes per parameter: 122 GB before activations, which may not fit in 141 GB).
+# LORA7B=1 adds issue 18's micro-step: the same 7B update with LoRA r = 128 (α = 256) on a frozen
+# bf16 base, μ = 2 and β = 0.04 with the reference = the base (d1's setting), lean scoring,
+# without checkpointing, printed beside `coupled-grpo plan` for the same shape.
 set -u
 BIN=${1:?usage: tools/gpu_bench.sh BIN [PRESET] [BATCH] [SEQ] [BACKEND]}
 PRESET=${2:-qwen2.5-0.5b}
@@ -74,4 +77,13 @@ if [ "${GRPO7B:-0}" = 1 ]; then
       --dtype bf16 --backend "$BACKEND" --checkpointing --set grpo.num_iterations=1 \
       --set grpo.beta=0 --set optimizer.master_weights=$master --watchdog 15 --kernel-cache "$CACHE"
   done
+fi
+
+if [ "${LORA7B:-0}" = 1 ]; then
+  step "plan diffucoder-7b LoRA r=128" plan_lora7b "$BIN" plan --preset diffucoder-7b --lora-r 128 \
+    --dtype bf16 --micro-batch-rows 1 --seq 768 --completion-len 256 --no-reference
+  step "burn grpo-step diffucoder-7b LoRA r=128" burn_lora7b "$BIN" bench grpo-step \
+    --preset diffucoder-7b --batch 1 --seq 768 --completion-len 256 --steps 1 --dtype bf16 \
+    --backend "$BACKEND" --set lora.r=128 --set lora.alpha=256 --set grpo.num_iterations=2 \
+    --set grpo.beta=0.04 --set grpo.sync_ref_model=false --watchdog 15 --kernel-cache "$CACHE"
 fi
