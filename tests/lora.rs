@@ -720,3 +720,25 @@ fn cli_merge_lora_and_forward_with_adapter_agree() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("adapter_config.json"));
 }
+
+/// `lora_dropout` masks the adapter input in training (autodiff) forwards only: π_old, π_ref
+/// and rollouts (inner backend) are deterministic.
+#[test]
+fn dropout_applies_to_training_forwards_only() {
+    use burn::module::AutodiffModule;
+    let cfg = LoraConfig {
+        dropout: 0.5,
+        ..lora_config(4, 8.0)
+    };
+    let adapted = randomise_b(lora::attach(tiny::<CpuAutodiff>(2, DType::F32), &cfg, 0).unwrap());
+    assert_ne!(
+        logits(&adapted),
+        logits(&adapted),
+        "each training forward draws a new mask"
+    );
+    let inner = adapted.valid();
+    assert_eq!(logits(&inner), logits(&inner));
+    // Without dropout the inner model is exactly its merge.
+    let merged = logits(&lora::merge(inner.clone()));
+    assert!(max_diff(&logits(&inner), &merged) < 1e-5);
+}
