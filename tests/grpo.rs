@@ -2,14 +2,16 @@
 //! differences, the first-iteration ratio, the zero-signal update, the direction of an update,
 //! bit-identical resume (f32 and bf16), and bf16 updates through f32 master weights.
 
+mod common;
+
 use std::sync::Arc;
 
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Distribution, Tensor, TensorData};
+use common::{host, params, tasks, tiny_config, train_config, Letters};
 use coupled_grpo::backend::{Cpu, CpuAutodiff, CpuAutodiffCheckpointed};
-use coupled_grpo::data::{Task, TaskSource};
 use coupled_grpo::estimator::{
     Coupled, LikelihoodEstimator, MaskSeed, PairOptions, ScoreBatch, DEFAULT_MAX_LOGIT_BYTES,
 };
@@ -18,15 +20,8 @@ use coupled_grpo::grpo::{
     grpo_loss, GrpoOptimizer, LossConfig, OptimizerConfig, Rewards, TrainConfig, Trainer,
     WeightedReward,
 };
-use coupled_grpo::model::{byte_level_tokenizer, DiffusionLm, ModelConfig};
-use coupled_grpo::reward::RewardFn;
+use coupled_grpo::model::{byte_level_tokenizer, DiffusionLm};
 use coupled_grpo::rollout::RolloutBatch;
-
-fn tiny_config() -> ModelConfig {
-    let mut c = ModelConfig::preset("tiny").unwrap();
-    c.initializer_range = 0.1;
-    c
-}
 
 fn tiny_model(seed: u64) -> DiffusionLm<CpuAutodiff> {
     tiny_model_in(seed, DType::F32)
@@ -34,29 +29,6 @@ fn tiny_model(seed: u64) -> DiffusionLm<CpuAutodiff> {
 
 fn tiny_model_in(seed: u64, dtype: DType) -> DiffusionLm<CpuAutodiff> {
     DiffusionLm::init_with(&tiny_config(), &Default::default(), seed, dtype)
-}
-
-fn host<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
-}
-
-/// Every float parameter of a model, flattened, in visit order.
-fn params<B: burn::tensor::backend::Backend>(m: &DiffusionLm<B>) -> Vec<Vec<f32>> {
-    struct V(Vec<Vec<f32>>);
-    impl<B: burn::tensor::backend::Backend> ModuleVisitor<B> for V {
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
-            self.0.push(
-                p.val()
-                    .into_data()
-                    .convert::<f32>()
-                    .to_vec::<f32>()
-                    .unwrap(),
-            );
-        }
-    }
-    let mut v = V(Vec::new());
-    m.visit(&mut v);
-    v.0
 }
 
 /// A fixed batch: 4 rows, P = 6 (two rows left-padded), K = 8.
@@ -193,69 +165,6 @@ fn loss_gradient_matches_finite_differences() {
             "direction {which}: autodiff {analytic} vs finite difference {fd}"
         );
     }
-}
-
-/// A deterministic reward: the fraction of lowercase ASCII letters in the completion.
-struct Letters;
-
-impl RewardFn for Letters {
-    fn name(&self) -> &str {
-        "letters"
-    }
-    fn score(
-        &self,
-        completions: &[String],
-        _tasks: &[&Task],
-    ) -> coupled_grpo::Result<Vec<Option<f32>>> {
-        Ok(completions
-            .iter()
-            .map(|c| {
-                Some(
-                    c.chars().filter(|ch| ch.is_ascii_lowercase()).count() as f32
-                        / c.chars().count().max(1) as f32,
-                )
-            })
-            .collect())
-    }
-}
-
-fn tasks() -> Vec<Task> {
-    (0..5)
-        .map(|i| Task {
-            id: format!("toy/{i}"),
-            question: format!("Write a function f{i} that returns {i}."),
-            tests: vec![format!("assert f{i}() == {i}")],
-            entry_point: None,
-            reference_solution: None,
-            source: TaskSource::Synthetic,
-        })
-        .collect()
-}
-
-fn train_config(overrides: &[&str]) -> TrainConfig {
-    let base = r#"
-[rollout]
-max_new_tokens = 8
-steps = 8
-num_completions = 4
-max_prompt_length = 24
-temperature = 1.0
-[grpo]
-prompts_per_step = 2
-num_iterations = 2
-gradient_accumulation_steps = 2
-micro_batch_rows = 3
-beta = 0.05
-ref_sync_steps = 3
-[optimizer]
-lr = 1e-3
-warmup_steps = 0
-[logging]
-progress = false
-completions_every = 0
-"#;
-    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
-    TrainConfig::from_toml_str(base, &overrides, None).unwrap()
 }
 
 fn trainer(config: TrainConfig, seed: u64) -> Trainer<CpuAutodiff> {

@@ -2,30 +2,20 @@
 //! forward equals the merged model, PEFT files round-trip, bad adapters get typed errors, and
 //! a LoRA training run writes PEFT adapters into its checkpoints and resumes bit-exact.
 
+mod common;
+
 use std::path::Path;
-use std::sync::Arc;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Distribution, Int, Tensor, TensorData};
+use common::{host, letters_reward, params, tasks, tiny, tiny_config};
 use coupled_grpo::backend::{Cpu, CpuAutodiff};
-use coupled_grpo::data::{Task, TaskSource};
-use coupled_grpo::grpo::{Rewards, TrainConfig, Trainer, WeightedReward};
+use coupled_grpo::grpo::{TrainConfig, Trainer};
 use coupled_grpo::model::peft::{self, AdapterConfig};
-use coupled_grpo::model::{byte_level_tokenizer, lora, DiffusionLm, LoraConfig, ModelConfig};
-use coupled_grpo::reward::RewardFn;
+use coupled_grpo::model::{byte_level_tokenizer, lora, DiffusionLm, LoraConfig};
 use coupled_grpo::Error;
-
-fn tiny_config() -> ModelConfig {
-    let mut c = ModelConfig::preset("tiny").unwrap();
-    c.initializer_range = 0.1;
-    c
-}
-
-fn tiny<B: Backend>(seed: u64, dtype: DType) -> DiffusionLm<B> {
-    DiffusionLm::init_with(&tiny_config(), &Default::default(), seed, dtype)
-}
 
 fn lora_config(r: usize, alpha: f64) -> LoraConfig {
     LoraConfig {
@@ -33,14 +23,6 @@ fn lora_config(r: usize, alpha: f64) -> LoraConfig {
         alpha,
         ..Default::default()
     }
-}
-
-fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.cast(DType::F32)
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .unwrap()
 }
 
 /// Logits of a left-padded batch of two.
@@ -75,19 +57,6 @@ fn randomise_b<B: Backend>(mut model: DiffusionLm<B>) -> DiffusionLm<B> {
         }
     }
     model
-}
-
-/// Every float parameter, flattened, in visit order.
-fn params<B: Backend>(m: &DiffusionLm<B>) -> Vec<Vec<f32>> {
-    struct V(Vec<Vec<f32>>);
-    impl<B: Backend> ModuleVisitor<B> for V {
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
-            self.0.push(host(p.val()));
-        }
-    }
-    let mut v = V(Vec::new());
-    m.visit(&mut v);
-    v.0
 }
 
 #[test]
@@ -331,74 +300,20 @@ fn bad_adapters_get_errors_naming_the_key() {
     }
 }
 
-/// A deterministic reward: the fraction of lowercase ASCII letters in the completion.
-struct Letters;
-
-impl RewardFn for Letters {
-    fn name(&self) -> &str {
-        "letters"
-    }
-    fn score(&self, completions: &[String], _: &[&Task]) -> coupled_grpo::Result<Vec<Option<f32>>> {
-        Ok(completions
-            .iter()
-            .map(|c| {
-                let lower = c.chars().filter(|ch| ch.is_ascii_lowercase()).count();
-                Some(lower as f32 / c.chars().count().max(1) as f32)
-            })
-            .collect())
-    }
-}
-
+/// The shared toy config with LoRA r = 4 (α = 8) and a larger lr, plus `overrides`.
 fn train_config(overrides: &[&str]) -> TrainConfig {
-    let base = r#"
-[lora]
-r = 4
-alpha = 8.0
-[rollout]
-max_new_tokens = 8
-steps = 8
-num_completions = 4
-max_prompt_length = 24
-temperature = 1.0
-[grpo]
-prompts_per_step = 2
-num_iterations = 2
-gradient_accumulation_steps = 2
-micro_batch_rows = 3
-beta = 0.05
-ref_sync_steps = 3
-[optimizer]
-lr = 1e-2
-warmup_steps = 0
-[logging]
-progress = false
-completions_every = 0
-"#;
-    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
-    TrainConfig::from_toml_str(base, &overrides, None).unwrap()
+    let mut all = vec!["lora.r=4", "lora.alpha=8.0", "optimizer.lr=1e-2"];
+    all.extend_from_slice(overrides);
+    common::train_config(&all)
 }
 
 fn trainer(config: TrainConfig, dtype: DType) -> Trainer<CpuAutodiff> {
-    let tasks = (0..5)
-        .map(|i| Task {
-            id: format!("toy/{i}"),
-            question: format!("Write a function f{i} that returns {i}."),
-            tests: vec![format!("assert f{i}() == {i}")],
-            entry_point: None,
-            reference_solution: None,
-            source: TaskSource::Synthetic,
-        })
-        .collect();
-    let rewards = Rewards::Functions(vec![WeightedReward {
-        reward: Arc::new(Letters),
-        weight: 1.0,
-    }]);
     Trainer::from_parts(
         config,
         tiny(7, dtype),
         byte_level_tokenizer().unwrap(),
-        tasks,
-        rewards,
+        tasks(),
+        letters_reward(),
         Default::default(),
     )
     .unwrap()

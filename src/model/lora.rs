@@ -30,17 +30,13 @@ pub const DEFAULT_TARGET_MODULES: [&str; 7] = [
     "down_proj",
 ];
 
-/// Linear layers an adapter can target (module names, the last part of the HF key).
-pub const ADAPTABLE_MODULES: [&str; 8] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-    "lm_head",
-];
+/// The output projection, adaptable besides [`DEFAULT_TARGET_MODULES`] when untied.
+pub const LM_HEAD: &str = "lm_head";
+
+/// Whether an adapter can target the linear layers named `name` (the last part of the HF key).
+pub fn is_adaptable(name: &str) -> bool {
+    name == LM_HEAD || DEFAULT_TARGET_MODULES.contains(&name)
+}
 
 /// Key domain of the adapters' initial draws.
 const LORA_INIT_DOMAIN: u64 = 0x6c6f_7261_5f69_6e69; // "lora_ini"
@@ -56,7 +52,7 @@ pub struct LoraConfig {
     pub alpha: f64,
     /// `lora_dropout` on the adapter's input, in training forwards only.
     pub dropout: f64,
-    /// Module names to adapt (from [`ADAPTABLE_MODULES`]).
+    /// Module names to adapt: the projections of [`DEFAULT_TARGET_MODULES`] and `lm_head`.
     pub target_modules: Vec<String>,
     /// Rank-stabilised scaling `alpha / √r` (Kalajdzievski 2023).
     pub use_rslora: bool,
@@ -113,15 +109,12 @@ pub fn lora_scale(alpha: f64, r: usize, use_rslora: bool) -> f64 {
     }
 }
 
-/// Every name must be one of [`ADAPTABLE_MODULES`].
+/// Every name must be [`is_adaptable`].
 pub(crate) fn check_target_modules(names: &[String]) -> std::result::Result<(), String> {
-    match names
-        .iter()
-        .find(|n| !ADAPTABLE_MODULES.contains(&n.as_str()))
-    {
+    match names.iter().find(|n| !is_adaptable(n)) {
         Some(bad) => Err(format!(
             "unknown module `{bad}` (adaptable: {})",
-            ADAPTABLE_MODULES.join(", ")
+            DEFAULT_TARGET_MODULES.join(", ") + ", " + LM_HEAD
         )),
         None => Ok(()),
     }
@@ -219,7 +212,7 @@ pub fn linears<B: Backend>(model: &DiffusionLm<B>) -> Vec<(String, &Linear<B>)> 
         out.push((format!("{p}.mlp.down_proj"), &m.down_proj));
     }
     if let Some(head) = &model.lm_head {
-        out.push(("lm_head".to_string(), head));
+        out.push((LM_HEAD.to_string(), head));
     }
     out
 }
@@ -239,7 +232,7 @@ pub fn linears_mut<B: Backend>(model: &mut DiffusionLm<B>) -> Vec<(String, &mut 
         out.push((format!("{p}.mlp.down_proj"), &mut m.down_proj));
     }
     if let Some(head) = model.lm_head.as_mut() {
-        out.push(("lm_head".to_string(), head));
+        out.push((LM_HEAD.to_string(), head));
     }
     out
 }

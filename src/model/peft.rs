@@ -20,7 +20,7 @@ use burn::module::Module;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
-use super::lora::{self, LoraAdapter, LoraConfig, ADAPTABLE_MODULES, DEFAULT_TARGET_MODULES};
+use super::lora::{self, LoraAdapter, LoraConfig, DEFAULT_TARGET_MODULES};
 use super::transformer::DiffusionLm;
 use super::weights::{decode_f32, SaveDtype, TensorSink};
 use crate::{Error, Result};
@@ -189,7 +189,7 @@ impl AdapterConfig {
             TargetModules::One(s) if s == "all-linear" => {
                 Ok(DEFAULT_TARGET_MODULES.map(String::from).to_vec())
             }
-            TargetModules::One(s) if ADAPTABLE_MODULES.contains(&s.as_str()) => Ok(vec![s.clone()]),
+            TargetModules::One(s) if lora::is_adaptable(s) => Ok(vec![s.clone()]),
             TargetModules::One(s) => Err((
                 "target_modules",
                 format!("`{s}`: a regular expression is not supported; list the module names"),
