@@ -9,7 +9,7 @@ use std::path::Path;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 use common::{host, letters_reward, params, tasks, tiny, tiny_config};
 use coupled_grpo::backend::{Cpu, CpuAutodiff};
 use coupled_grpo::grpo::{TrainConfig, Trainer};
@@ -47,17 +47,27 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// Give every adapter a random B, so that it changes the outputs.
+/// Give every adapter a random B (uniform in ±0.3), so that it changes the outputs. Drawn on
+/// the host: the backend's RNG is process-wide, and the dropout tests key it themselves.
 fn randomise_b<B: Backend>(mut model: DiffusionLm<B>) -> DiffusionLm<B> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
     for (_, linear) in lora::linears_mut(&mut model) {
         if let Some(a) = linear.lora.as_mut() {
-            let dims = a.lora_b.val().dims();
-            let b = Tensor::random(dims, Distribution::Normal(0.0, 0.2), &Default::default());
+            let [r, d_out] = a.lora_b.val().dims();
+            let values: Vec<f32> = (0..r * d_out)
+                .map(|_| rng.random_range(-0.3..0.3))
+                .collect();
+            let b = Tensor::from_data(TensorData::new(values, [r, d_out]), &Default::default());
             a.lora_b = Param::from_tensor(b);
         }
     }
     model
 }
+
+/// Dropout draws from the backend's process-wide RNG, which the trainer seeds per iteration:
+/// tests that draw from it must not interleave.
+static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
 fn adapters_start_at_the_base_and_only_they_get_gradients() {
@@ -391,6 +401,7 @@ fn lora_training_writes_peft_checkpoints_and_resumes_bit_exact() {
 
 #[test]
 fn lora_on_a_bf16_base_with_dropout_and_a_fixed_reference_resumes_bit_exact() {
+    let _rng = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let overrides = ["lora.dropout=0.1", "grpo.sync_ref_model=false"];
     lora_resume_is_bit_exact(&overrides, DType::BF16, false);
     // Without the sync the reference is the base itself: no adapters, no copy.
@@ -641,6 +652,7 @@ fn cli_merge_lora_and_forward_with_adapter_agree() {
 #[test]
 fn dropout_applies_to_training_forwards_only() {
     use burn::module::AutodiffModule;
+    let _rng = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let cfg = LoraConfig {
         dropout: 0.5,
         ..lora_config(4, 8.0)

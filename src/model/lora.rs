@@ -50,7 +50,10 @@ pub struct LoraConfig {
     pub r: usize,
     /// `lora_alpha`: the update is scaled by `alpha / r` (or `alpha / √r` with `use_rslora`).
     pub alpha: f64,
-    /// `lora_dropout` on the adapter's input, in training forwards only.
+    /// `lora_dropout` on the adapter's input, in training forwards only. The masks come from the
+    /// backend's RNG, which the trainer seeds per (round, iteration) so that a resumed run draws
+    /// the same ones; it is process-wide, so two trainers using dropout in one process (threads)
+    /// interleave their draws and lose that exactness.
     pub dropout: f64,
     /// Module names to adapt: the projections of [`DEFAULT_TARGET_MODULES`] and `lm_head`.
     pub target_modules: Vec<String>,
