@@ -17,6 +17,7 @@ pub use reference::{all_finite, soft_update};
 pub use schedule::{LrSchedule, ScheduleKind};
 pub mod checkpoint;
 pub mod config;
+pub mod parallel;
 pub mod run;
 pub mod trainer;
 pub mod weights;
