@@ -70,12 +70,7 @@ impl TrainerState {
 
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(STATE_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let state: TrainerState = serde_json::from_str(&text).map_err(|e| Error::Json {
-            path: path.clone(),
-            line: Some(e.line()),
-            message: e.to_string(),
-        })?;
+        let state: TrainerState = crate::util::read_json(&path)?;
         if state.format != STATE_FORMAT {
             return Err(Error::Checkpoint {
                 path,

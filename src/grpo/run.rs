@@ -107,13 +107,7 @@ fn null_as_nan<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::E
 impl RunSummary {
     /// Reads `run_dir/summary.json` (written last, atomically, by [`run_with_eval`]).
     pub fn load(run_dir: &Path) -> Result<Self> {
-        let path = run_dir.join("summary.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::Json {
-            path,
-            line: Some(e.line()),
-            message: e.to_string(),
-        })
+        crate::util::read_json(&run_dir.join("summary.json"))
     }
 }
 

@@ -132,59 +132,59 @@ pub fn load_policy<B: Backend>(
     checkpoint: &Path,
     device: &B::Device,
 ) -> Result<DiffusionLm<B>> {
-    let has_adapter = checkpoint.join(peft::ADAPTER_CONFIG_FILE).exists();
+    check_kind(config, checkpoint)?;
     let dtype = model_dtype(config);
-    match (config.lora.enabled(), has_adapter) {
-        (false, false) => model::load_pretrained_with::<B>(checkpoint, device, dtype),
-        (true, true) => {
-            let base = model::load_pretrained_with::<B>(&config.model.path, device, dtype)?;
-            let (policy, adapter) = peft::load_adapter(base, checkpoint)?;
-            adapter.check_matches(&config.lora, checkpoint)?;
-            Ok(policy)
-        }
-        (false, true) => Err(Error::Checkpoint {
-            path: checkpoint.to_path_buf(),
-            message:
-                "holds a LoRA adapter but the config has lora.r = 0; resume with the run's config"
-                    .into(),
-        }),
-        (true, false) => Err(Error::Checkpoint {
-            path: checkpoint.to_path_buf(),
-            message: format!(
-                "holds full weights (no {}) but the config has lora.r = {}",
-                peft::ADAPTER_CONFIG_FILE,
-                config.lora.r
-            ),
-        }),
+    if !config.lora.enabled() {
+        return model::load_pretrained_with::<B>(checkpoint, device, dtype);
     }
+    let base = model::load_pretrained_with::<B>(&config.model.path, device, dtype)?;
+    attach_checkpoint_adapter(config, checkpoint, base)
 }
 
-/// The policy of `checkpoint` over the current one: its full weights, or with LoRA the
-/// checkpoint's adapter on `current`'s base (no base reload).
+/// The policy of `checkpoint` over the current one: its full weights (in the current dtype,
+/// whatever `model.dtype` says: in-memory policies), or with LoRA the checkpoint's adapter on
+/// `current`'s base (no base reload).
 pub fn restore_policy<B: Backend>(
     config: &TrainConfig,
     checkpoint: &Path,
     current: DiffusionLm<B>,
 ) -> Result<DiffusionLm<B>> {
-    if !config.lora.enabled() {
-        if checkpoint.join(peft::ADAPTER_CONFIG_FILE).exists() {
-            return load_policy(config, checkpoint, &current.embed_tokens.val().device());
+    check_kind(config, checkpoint)?;
+    if config.lora.enabled() {
+        return attach_checkpoint_adapter(config, checkpoint, lora::remove(current));
+    }
+    let device = current.embed_tokens.val().device();
+    model::load_pretrained_with::<B>(checkpoint, &device, current.dtype())
+}
+
+/// A checkpoint holds PEFT adapters exactly when the config trains LoRA.
+fn check_kind(config: &TrainConfig, checkpoint: &Path) -> Result<()> {
+    let has_adapter = checkpoint.join(peft::ADAPTER_CONFIG_FILE).exists();
+    let message = match (config.lora.enabled(), has_adapter) {
+        (false, true) => {
+            "holds a LoRA adapter but the config has lora.r = 0; resume with the run's config"
+                .to_string()
         }
-        // The current policy's dtype, whatever `model.dtype` says (in-memory policies).
-        let device = current.embed_tokens.val().device();
-        return model::load_pretrained_with::<B>(checkpoint, &device, current.dtype());
-    }
-    if !checkpoint.join(peft::ADAPTER_CONFIG_FILE).exists() {
-        return Err(Error::Checkpoint {
-            path: checkpoint.to_path_buf(),
-            message: format!(
-                "holds no {} but the config has lora.r = {}",
-                peft::ADAPTER_CONFIG_FILE,
-                config.lora.r
-            ),
-        });
-    }
-    let (policy, adapter) = peft::load_adapter(lora::remove(current), checkpoint)?;
+        (true, false) => format!(
+            "holds full weights (no {}) but the config has lora.r = {}",
+            peft::ADAPTER_CONFIG_FILE,
+            config.lora.r
+        ),
+        _ => return Ok(()),
+    };
+    Err(Error::Checkpoint {
+        path: checkpoint.to_path_buf(),
+        message,
+    })
+}
+
+/// `base` with the adapter saved in `checkpoint`, which must match `[lora]`.
+fn attach_checkpoint_adapter<B: Backend>(
+    config: &TrainConfig,
+    checkpoint: &Path,
+    base: DiffusionLm<B>,
+) -> Result<DiffusionLm<B>> {
+    let (policy, adapter) = peft::load_adapter(base, checkpoint)?;
     adapter.check_matches(&config.lora, checkpoint)?;
     Ok(policy)
 }
@@ -212,20 +212,17 @@ pub fn load_reference<B: AutodiffBackend>(
             Ok(None)
         };
     }
-    let device = policy.embed_tokens.val().device();
+    let path = dir.join(REFERENCE_DIR);
     if !config.lora.enabled() {
         if !stored {
             return Err(mismatch(false));
         }
-        let path = dir.join(REFERENCE_DIR);
+        let device = policy.embed_tokens.val().device();
         return model::load_pretrained_with(path, &device, policy.dtype()).map(Some);
     }
     let base = lora::remove(policy.valid());
     if !stored {
         return Ok(Some(base));
     }
-    let path = dir.join(REFERENCE_DIR);
-    let (reference, adapter) = peft::load_adapter(base, &path)?;
-    adapter.check_matches(&config.lora, &path)?;
-    Ok(Some(reference))
+    attach_checkpoint_adapter(config, &path, base).map(Some)
 }

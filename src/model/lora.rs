@@ -199,45 +199,40 @@ impl<B: Backend> LoraAdapter<B> {
     }
 }
 
+/// The linear layers of a model with their module paths (the HF key without `.weight`), in
+/// parameter visit order, `lm_head` only when untied: one list for both borrows (`$($mut)?`
+/// is empty for shared references, `mut` for exclusive ones).
+macro_rules! linear_layers {
+    ($model:expr $(, $mut:tt)?) => {{
+        let model = $model;
+        let mut out = Vec::new();
+        for (i, layer) in (& $($mut)? model.layers).into_iter().enumerate() {
+            let (a, m) = (& $($mut)? layer.self_attn, & $($mut)? layer.mlp);
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.self_attn.q_proj"), & $($mut)? a.q_proj));
+            out.push((format!("{p}.self_attn.k_proj"), & $($mut)? a.k_proj));
+            out.push((format!("{p}.self_attn.v_proj"), & $($mut)? a.v_proj));
+            out.push((format!("{p}.self_attn.o_proj"), & $($mut)? a.o_proj));
+            out.push((format!("{p}.mlp.gate_proj"), & $($mut)? m.gate_proj));
+            out.push((format!("{p}.mlp.up_proj"), & $($mut)? m.up_proj));
+            out.push((format!("{p}.mlp.down_proj"), & $($mut)? m.down_proj));
+        }
+        if let Some(head) = & $($mut)? model.lm_head {
+            out.push((LM_HEAD.to_string(), head));
+        }
+        out
+    }};
+}
+
 /// Every linear layer of `model` with its module path (the HF key without `.weight`), in
 /// parameter visit order; `lm_head` only when untied.
 pub fn linears<B: Backend>(model: &DiffusionLm<B>) -> Vec<(String, &Linear<B>)> {
-    let mut out = Vec::new();
-    for (i, layer) in model.layers.iter().enumerate() {
-        let (a, m) = (&layer.self_attn, &layer.mlp);
-        let p = format!("model.layers.{i}");
-        out.push((format!("{p}.self_attn.q_proj"), &a.q_proj));
-        out.push((format!("{p}.self_attn.k_proj"), &a.k_proj));
-        out.push((format!("{p}.self_attn.v_proj"), &a.v_proj));
-        out.push((format!("{p}.self_attn.o_proj"), &a.o_proj));
-        out.push((format!("{p}.mlp.gate_proj"), &m.gate_proj));
-        out.push((format!("{p}.mlp.up_proj"), &m.up_proj));
-        out.push((format!("{p}.mlp.down_proj"), &m.down_proj));
-    }
-    if let Some(head) = &model.lm_head {
-        out.push((LM_HEAD.to_string(), head));
-    }
-    out
+    linear_layers!(model)
 }
 
 /// [`linears`], mutable.
 pub fn linears_mut<B: Backend>(model: &mut DiffusionLm<B>) -> Vec<(String, &mut Linear<B>)> {
-    let mut out = Vec::new();
-    for (i, layer) in model.layers.iter_mut().enumerate() {
-        let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
-        let p = format!("model.layers.{i}");
-        out.push((format!("{p}.self_attn.q_proj"), &mut a.q_proj));
-        out.push((format!("{p}.self_attn.k_proj"), &mut a.k_proj));
-        out.push((format!("{p}.self_attn.v_proj"), &mut a.v_proj));
-        out.push((format!("{p}.self_attn.o_proj"), &mut a.o_proj));
-        out.push((format!("{p}.mlp.gate_proj"), &mut m.gate_proj));
-        out.push((format!("{p}.mlp.up_proj"), &mut m.up_proj));
-        out.push((format!("{p}.mlp.down_proj"), &mut m.down_proj));
-    }
-    if let Some(head) = model.lm_head.as_mut() {
-        out.push((LM_HEAD.to_string(), head));
-    }
-    out
+    linear_layers!(model, mut)
 }
 
 /// The module name of a path (`model.layers.3.mlp.up_proj` → `up_proj`).

@@ -124,12 +124,7 @@ impl AdapterConfig {
     /// Read and check `dir/adapter_config.json`.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(ADAPTER_CONFIG_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let config: Self = serde_json::from_str(&text).map_err(|e| Error::Json {
-            path: path.clone(),
-            line: Some(e.line()),
-            message: e.to_string(),
-        })?;
+        let config: Self = crate::util::read_json(&path)?;
         config.check().map_err(|(field, message)| Error::Config {
             source_file: Some(path),
             field: field.into(),
