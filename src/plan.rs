@@ -37,8 +37,6 @@ pub struct PlanInput {
     pub dtype: DType,
     /// LoRA rank and targeted projections; `None` = full fine-tune.
     pub lora: Option<(usize, Vec<String>)>,
-    /// Burn's balanced checkpointing (recomputes memory-bound results in backward).
-    pub checkpointing: bool,
     /// `R`: rows per forward.
     pub micro_batch_rows: usize,
     /// `S`: prompt + completion tokens per row.
@@ -247,7 +245,6 @@ mod tests {
                         .collect(),
                 )
             }),
-            checkpointing: false,
             micro_batch_rows: 2,
             seq: 512,
             completion_len: 256,
