@@ -29,7 +29,7 @@ use clap::Parser;
 
 use coupled_grpo::eval::Evaluator;
 use coupled_grpo::grpo::trainer::{build_executor, sandbox_limits};
-use coupled_grpo::grpo::{run_with_eval, RunOptions, TrainConfig, Trainer};
+use coupled_grpo::grpo::{parallel, run_with_eval, DeviceSpec, RunOptions, TrainConfig, Trainer};
 use coupled_grpo::sandbox::Pool;
 
 mod common;
@@ -52,9 +52,10 @@ struct Args {
     /// Training config (TOML); default: the embedded tiny-model config.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// cpu, or cuda in builds with the `cuda` feature.
-    #[arg(long, default_value = "cpu")]
-    backend: String,
+    /// Data-parallel workers: `cpu`, `cpu:N`, and in builds with the `cuda` feature `cuda`,
+    /// `cuda:0,1,…` or `cuda:all` (a round's prompts are split across them).
+    #[arg(long, alias = "backend", default_value = "cpu")]
+    devices: DeviceSpec,
     /// coupled | decoupled | d1 | full_mask.
     #[arg(long)]
     estimator: Option<String>,
@@ -83,23 +84,24 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    match args.backend.as_str() {
-        "cpu" => run::<coupled_grpo::backend::CpuAutodiff>(&args, Default::default()),
+    args.devices.check_build()?;
+    match &args.devices {
+        DeviceSpec::Cpu(n) => {
+            run::<coupled_grpo::backend::CpuAutodiff>(&args, vec![Default::default(); *n])
+        }
         #[cfg(feature = "cuda")]
-        "cuda" => run::<coupled_grpo::backend::CudaAutodiff>(&args, Default::default()),
-        other => bail!(
-            "unknown backend `{other}` (cpu{})",
-            if cfg!(feature = "cuda") {
-                ", cuda"
-            } else {
-                "; build with --features cuda for cuda"
-            }
-        ),
+        cuda => {
+            let devices = coupled_grpo::backend::cuda_devices(cuda)?;
+            run::<coupled_grpo::backend::CudaAutodiff>(&args, devices)
+        }
+        #[cfg(not(feature = "cuda"))]
+        _ => unreachable!("check_build refuses CUDA without the feature"),
     }
 }
 
-fn run<B: AutodiffBackend>(args: &Args, device: B::Device) -> Result<()> {
+fn run<B: AutodiffBackend>(args: &Args, devices: Vec<B::Device>) -> Result<()> {
     let config = resolve_config(args)?;
+    args.devices.check_prompts(config.grpo.prompts_per_step)?;
     let (train_tasks, eval_tasks) = split_tasks(&config, args.eval_tasks)?;
     let out = args.out.clone().unwrap_or_else(default_run_dir);
     println!(
@@ -129,8 +131,11 @@ fn run<B: AutodiffBackend>(args: &Args, device: B::Device) -> Result<()> {
         progress: !args.quiet,
         save_checkpoint: true,
     };
-    let mut trainer = Trainer::<B>::with_tasks(config, train_tasks, device)?;
-    let summary = run_with_eval(&mut trainer, &evaluator, &options, &out)?;
+    let build = |_rank: usize, device: &B::Device| {
+        Trainer::<B>::with_tasks(config.clone(), train_tasks.clone(), device.clone())
+    };
+    let body = |trainer: &mut Trainer<B>| run_with_eval(trainer, &evaluator, &options, &out);
+    let summary = parallel::run(&devices, build, body)?;
     println!(
         "held-out pass@1: {:.3} -> {:.3} ({:+.1} points) | reward {:.3} -> {:.3} | {} rounds in {:.0}s (+{:.0}s evaluating)",
         summary.pass_at_1_before,

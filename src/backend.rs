@@ -89,3 +89,33 @@ pub fn configure_cubecl(
     }
     CubeClRuntimeConfig::set(config);
 }
+
+/// The CUDA devices a `--devices` list names (`cuda:all`: every device the driver reports),
+/// each checked against the devices present.
+#[cfg(feature = "cuda")]
+pub fn cuda_devices(
+    spec: &crate::grpo::DeviceSpec,
+) -> crate::Result<Vec<burn::backend::cuda::CudaDevice>> {
+    use crate::grpo::DeviceSpec;
+    use burn::tensor::backend::Backend;
+    // Type 0 is the CUDA runtime's device kind (burn's multi-GPU example does the same).
+    let count = <Cuda as Backend>::device_count(0);
+    let ids: Vec<usize> = match spec {
+        DeviceSpec::Cuda(ids) => ids.clone(),
+        DeviceSpec::CudaAll => (0..count).collect(),
+        DeviceSpec::Cpu(_) => Vec::new(),
+    };
+    if ids.is_empty() {
+        return Err(crate::Error::config("devices", "no CUDA device found"));
+    }
+    if let Some(bad) = ids.iter().find(|&&i| i >= count) {
+        return Err(crate::Error::config(
+            "devices",
+            format!("CUDA device {bad} does not exist (this machine has {count})"),
+        ));
+    }
+    Ok(ids
+        .into_iter()
+        .map(burn::backend::cuda::CudaDevice::new)
+        .collect())
+}

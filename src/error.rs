@@ -96,6 +96,15 @@ pub enum Error {
     /// A checkpoint is incomplete or inconsistent.
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
+
+    /// A collective operation between data-parallel workers failed (usually because another
+    /// worker stopped with an error of its own, which is reported instead when known).
+    #[error("worker {rank}: collective {operation} failed: {message}")]
+    Collective {
+        rank: usize,
+        operation: String,
+        message: String,
+    },
 }
 
 impl Error {

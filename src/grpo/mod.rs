@@ -18,11 +18,15 @@ pub use schedule::{LrSchedule, ScheduleKind};
 pub mod checkpoint;
 pub mod config;
 pub mod parallel;
+pub mod rewards;
 pub mod run;
 pub mod trainer;
 pub mod weights;
+pub mod zero;
 
 pub use checkpoint::{SamplerState, TrainerState};
 pub use config::TrainConfig;
+pub use parallel::{DeviceSpec, Shard};
+pub use rewards::{RewardOutput, Rewards, SandboxStats, WeightedReward};
 pub use run::{run_with_eval, EvalPoint, RunOptions, RunSummary};
-pub use trainer::{IterationStats, Rewards, SandboxStats, StepStats, Trainer, WeightedReward};
+pub use trainer::{IterationStats, StepStats, Trainer};

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::adamw::FusedAdamW;
 use super::schedule::ScheduleKind;
+use super::zero::{StateTensors, Zero};
 use crate::model::{lora, DiffusionLm};
 use crate::{Error, Result};
 
@@ -60,6 +61,10 @@ pub struct OptimizerConfig {
     /// Adam state take 14 bytes per parameter instead of 6 (bf16 weights and moments), and the
     /// gradients are cast to f32 for the step (a 7B model: 106 GB instead of 46).
     pub master_weights: bool,
+    /// With several data-parallel workers, shard the AdamW state (moments and master weights)
+    /// over them, ZeRO stage 1: each parameter's owner alone keeps its state and broadcasts
+    /// its update, so optimizer memory per worker falls by the number of workers.
+    pub shard_state: bool,
 }
 
 impl Default for OptimizerConfig {
@@ -76,6 +81,7 @@ impl Default for OptimizerConfig {
             warmup_steps: None,
             min_lr_ratio: 0.1,
             master_weights: true,
+            shard_state: true,
         }
     }
 }
@@ -98,6 +104,8 @@ pub struct GrpoOptimizer<B: AutodiffBackend> {
     config: OptimizerConfig,
     /// f32 copy of a low-precision model, with the same parameter ids (`master_weights`).
     master: Option<DiffusionLm<B>>,
+    /// This worker's shard of the state in a data-parallel run (ZeRO-1).
+    zero: Option<Zero<B::InnerBackend>>,
 }
 
 impl<B: AutodiffBackend> GrpoOptimizer<B> {
@@ -120,7 +128,66 @@ impl<B: AutodiffBackend> GrpoOptimizer<B> {
             no_decay: adam(0.0),
             config,
             master: None,
+            zero: None,
         })
+    }
+
+    /// Keep only this worker's shard of the state from now on (dropping any other worker's
+    /// state already held, as after a restore).
+    pub fn shard_state(&mut self, zero: Zero<B::InnerBackend>, model: &DiffusionLm<B>) {
+        self.zero = Some(zero);
+        self.drop_unowned(model);
+    }
+
+    /// f32 elements of state this worker holds for `model`: two moments per parameter with
+    /// state, plus the master copy.
+    pub fn state_elements(&self, model: &DiffusionLm<B>) -> usize {
+        struct Count<'a, B: AutodiffBackend> {
+            records: [&'a Record<B>; 2],
+            elements: usize,
+        }
+        impl<B: AutodiffBackend> ModuleVisitor<B> for Count<'_, B> {
+            fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+                if self.records.iter().any(|r| r.contains_key(&p.id)) {
+                    self.elements += 2 * p.val().shape().num_elements();
+                }
+            }
+        }
+        let (decay, no_decay) = (self.decay.to_record(), self.no_decay.to_record());
+        let mut count = Count::<B> {
+            records: [&decay, &no_decay],
+            elements: 0,
+        };
+        model.visit(&mut count);
+        let master = self.master.as_ref().map_or(0, |m| m.num_params());
+        count.elements + master
+    }
+
+    /// The ZeRO-1 shard, when the state is sharded.
+    pub fn zero(&self) -> Option<&Zero<B::InnerBackend>> {
+        self.zero.as_ref()
+    }
+
+    fn drop_unowned(&mut self, model: &DiffusionLm<B>) {
+        let Some(zero) = &self.zero else { return };
+        let owned = zero.owned_ids(model);
+        for opt in [&mut self.decay, &mut self.no_decay] {
+            let mut record = opt.to_record();
+            record.retain(|id, _| owned.contains(id));
+            take_load(opt, record);
+        }
+        if let Some(master) = self.master.take() {
+            self.master = Some(zero.master(master, DType::F32));
+        }
+    }
+
+    /// After an applied [`Self::step`] with a sharded state: every parameter from its owner
+    /// (collective; every worker calls it). Without sharding, `model` as it is.
+    pub fn share(&self, model: DiffusionLm<B>) -> Result<DiffusionLm<B>> {
+        match &self.zero {
+            Some(zero) => zero.broadcast(model),
+            None => Ok(model),
+        }
     }
 
     pub fn config(&self) -> &OptimizerConfig {
@@ -150,7 +217,10 @@ impl<B: AutodiffBackend> GrpoOptimizer<B> {
         let master = match self.master.take() {
             // The same parameters (ids) as `model`: the copy is current.
             Some(m) if m.embed_tokens.id == model.embed_tokens.id => m,
-            _ => cast_params(model.clone(), DType::F32),
+            _ => match &self.zero {
+                Some(zero) => zero.master(model.clone(), DType::F32),
+                None => cast_params(model.clone(), DType::F32),
+            },
         };
         let grads = cast_grads(&master, grads, DType::F32);
         let (master, outcome) = self.adamw_step(lr, master, grads);
@@ -188,6 +258,10 @@ impl<B: AutodiffBackend> GrpoOptimizer<B> {
                 grads = scale_grads(&model, grads, coef);
             }
         }
+        if let Some(zero) = &self.zero {
+            // Clipped by the global norm above; AdamW runs on this worker's shard only.
+            grads = zero.keep_owned(&model, grads);
+        }
         let (decay, no_decay) = split_by_rank(&model, grads);
         let model = self.decay.step(lr, model, decay);
         let model = self.no_decay.step(lr, model, no_decay);
@@ -201,8 +275,22 @@ impl<B: AutodiffBackend> GrpoOptimizer<B> {
     }
 
     /// Write the Adam moments of every parameter of `model` (by visit order), and the f32 master
-    /// weights when there are any, to a safetensors file, f32, bit-exact.
+    /// weights when there are any, to a safetensors file, f32, bit-exact. With a sharded state
+    /// every worker calls this and worker 0 writes the whole state.
     pub fn save(&self, model: &DiffusionLm<B>, path: &Path) -> Result<()> {
+        let (tensors, times) = self.state(model)?;
+        if self.zero.as_ref().is_none_or(|z| z.shard().is_lead()) {
+            Self::write_state(&tensors, &times, path)?;
+        }
+        Ok(())
+    }
+
+    /// The state [`Self::save`] writes: tensors keyed `{i}.exp_avg`, `{i}.exp_avg_sq`,
+    /// `{i}.master` and the step count of every parameter `i` that has state. With a sharded
+    /// state this is collective, and only worker 0 gets the whole state (the others an empty
+    /// one).
+    #[allow(clippy::type_complexity)]
+    pub fn state(&self, model: &DiffusionLm<B>) -> Result<(StateTensors, BTreeMap<usize, usize>)> {
         let mut visitor = SaveState::<B> {
             decay: self.decay.to_record(),
             no_decay: self.no_decay.to_record(),
@@ -218,14 +306,26 @@ impl<B: AutodiffBackend> GrpoOptimizer<B> {
             };
             master.visit(&mut masters);
         }
+        let (tensors, times) = (visitor.tensors, visitor.times);
+        match &self.zero {
+            Some(zero) => zero.gather(model, tensors, times),
+            None => Ok((tensors, times)),
+        }
+    }
+
+    /// Write a state from [`Self::state`] to a safetensors file.
+    pub fn write_state(
+        tensors: &StateTensors,
+        times: &BTreeMap<usize, usize>,
+        path: &Path,
+    ) -> Result<()> {
         let mut metadata = std::collections::HashMap::new();
         metadata.insert("format".to_string(), "coupled-grpo adamw v1".to_string());
         metadata.insert(
             "time".to_string(),
-            serde_json::to_string(&visitor.times).expect("times serialise"),
+            serde_json::to_string(times).expect("times serialise"),
         );
-        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = visitor
-            .tensors
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
             .iter()
             .map(|(k, (shape, bytes))| {
                 let view = safetensors::tensor::TensorView::new(
@@ -302,6 +402,7 @@ impl<B: AutodiffBackend> GrpoOptimizer<B> {
         take_load(&mut self.decay, decay);
         take_load(&mut self.no_decay, no_decay);
         self.master = master;
+        self.drop_unowned(model);
         Ok(())
     }
 }

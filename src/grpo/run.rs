@@ -112,7 +112,9 @@ impl RunSummary {
 }
 
 /// Train `trainer` for `options.max_steps` rounds into `run_dir`, evaluating held-out pass@1
-/// with `evaluator` before, periodically and after (see the module docs for the files).
+/// with `evaluator` before, periodically and after (see the module docs for the files). In a
+/// data-parallel run every worker calls this; worker 0 alone evaluates and writes, and only its
+/// summary holds the evaluations.
 pub fn run_with_eval<B: AutodiffBackend>(
     trainer: &mut Trainer<B>,
     evaluator: &Evaluator,
@@ -120,17 +122,23 @@ pub fn run_with_eval<B: AutodiffBackend>(
     run_dir: &Path,
 ) -> Result<RunSummary> {
     let wall = Instant::now();
-    std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
-    trainer.config().save_resolved(run_dir)?;
-    let mut metrics = JsonlSink::create(run_dir.join(&trainer.config().logging.metrics_file))?;
-    let mut samples = JsonlSink::create(run_dir.join("completions.jsonl"))?;
-    let mut evals_sink = JsonlSink::create(run_dir.join("evals.jsonl"))?;
+    let lead = trainer.is_lead();
+    let mut sinks = match lead {
+        true => Some(RunSinks::create(trainer, run_dir)?),
+        false => None,
+    };
     let progress = Progress::new(trainer.current_step(), options.max_steps, options.progress);
 
     let tokenizer = trainer.tokenizer().clone();
     let mut eval_seconds = 0.0;
     let mut evals = Vec::new();
-    let mut evaluate = |trainer: &Trainer<B>, evals: &mut Vec<EvalPoint>| -> Result<()> {
+    let mut evaluate = |trainer: &Trainer<B>,
+                        evals: &mut Vec<EvalPoint>,
+                        sinks: &mut Option<RunSinks>|
+     -> Result<()> {
+        let Some(sinks) = sinks else {
+            return Ok(());
+        };
         let report = evaluator.evaluate(
             &trainer.policy().valid(),
             &tokenizer,
@@ -143,37 +151,41 @@ pub fn run_with_eval<B: AutodiffBackend>(
             "eval at step {}: held-out pass@1 {:.3} ({} tasks, mean pass rate {:.3}, format ok {:.2}, {:.0}s)",
             point.step, point.pass_at_1, report.tasks, point.mean_pass_rate, point.format_ok, point.seconds
         ));
-        evals_sink.write(&point)?;
+        sinks.evals.write(&point)?;
         evals.push(point);
         Ok(())
     };
 
-    evaluate(trainer, &mut evals)?;
+    evaluate(trainer, &mut evals, &mut sinks)?;
     let (mut rewards, mut rollout_passes, mut estimator_passes) = (Vec::new(), 0usize, 0usize);
     let mut train_seconds = 0.0;
     while trainer.current_step() < options.max_steps {
         let stats = trainer.step()?;
         train_seconds += stats.step_time;
-        metrics.write(&stats.metrics())?;
-        for s in &stats.samples {
-            samples.write(s)?;
+        if let Some(sinks) = &mut sinks {
+            sinks.metrics.write(&stats.metrics())?;
+            for s in &stats.samples {
+                sinks.samples.write(s)?;
+            }
+            progress.update(stats.step, &stats.metrics());
         }
         rewards.push((stats.step, f64::from(stats.reward)));
         rollout_passes += stats.rollout_forward_passes;
         estimator_passes += stats.estimator_forward_passes;
-        progress.update(stats.step, &stats.metrics());
         let step = trainer.current_step();
         let due = options.eval_every > 0 && step.is_multiple_of(options.eval_every);
         if due && step < options.max_steps {
-            evaluate(trainer, &mut evals)?;
+            evaluate(trainer, &mut evals, &mut sinks)?;
         }
     }
     if evals.last().map(|e| e.step) != Some(trainer.current_step()) {
-        evaluate(trainer, &mut evals)?;
+        evaluate(trainer, &mut evals, &mut sinks)?;
     }
     if options.save_checkpoint {
         let path = trainer.save_checkpoint(run_dir)?;
-        progress.message(&format!("saved {}", path.display()));
+        if lead {
+            progress.message(&format!("saved {}", path.display()));
+        }
     }
 
     let rounds = rewards.len().max(1) as f64;
@@ -197,10 +209,31 @@ pub fn run_with_eval<B: AutodiffBackend>(
         evals,
         rewards,
     };
-    write_svg(&run_dir.join("curves.svg"), &curves(&summary), 2)?;
-    let json = serde_json::to_string_pretty(&summary).expect("the summary serialises");
-    write_atomic(&run_dir.join("summary.json"), json.as_bytes())?;
+    if lead {
+        write_svg(&run_dir.join("curves.svg"), &curves(&summary), 2)?;
+        let json = serde_json::to_string_pretty(&summary).expect("the summary serialises");
+        write_atomic(&run_dir.join("summary.json"), json.as_bytes())?;
+    }
     Ok(summary)
+}
+
+/// The files [`run_with_eval`] writes as it goes.
+struct RunSinks {
+    metrics: JsonlSink,
+    samples: JsonlSink,
+    evals: JsonlSink,
+}
+
+impl RunSinks {
+    fn create<B: AutodiffBackend>(trainer: &Trainer<B>, run_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+        trainer.config().save_resolved(run_dir)?;
+        Ok(Self {
+            metrics: JsonlSink::create(run_dir.join(&trainer.config().logging.metrics_file))?,
+            samples: JsonlSink::create(run_dir.join("completions.jsonl"))?,
+            evals: JsonlSink::create(run_dir.join("evals.jsonl"))?,
+        })
+    }
 }
 
 /// The two panels of `curves.svg`.

@@ -21,6 +21,7 @@
 //! are scored right after the rollout with the same seeds; with μ = 1, π_old is the detached
 //! current score, so the ratio is exactly 1.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,163 +37,25 @@ use super::checkpoint::{self, RngState, SamplerState, TrainerState, OPTIMIZER_FI
 use super::config::TrainConfig;
 use super::loss::{grpo_loss, LossSums};
 use super::optimizer::GrpoOptimizer;
+use super::parallel::Shard;
 use super::reference::all_finite;
+use super::rewards::{RewardOutput, Rewards, SandboxStats};
 use super::schedule::LrSchedule;
 use super::weights::{self, model_dtype};
+use super::zero::Zero;
 use crate::data::{self, Task};
 use crate::estimator::masks::keyed_rng;
 use crate::estimator::{Estimator, LikelihoodEstimator, MaskSeed, ScoreBatch};
 use crate::metrics::{names, CompletionSample, JsonlSink, Metrics, Progress};
 use crate::model::{self, DiffusionLm, Tokenizer};
-use crate::reward::{CombinedReward, RewardFn};
 use crate::rollout::{self, RolloutBatch};
-use crate::sandbox::{Executor, Limits, Outcome, Pool};
+use crate::sandbox::{Executor, Limits};
 use crate::{Error, Result};
 
 /// Key domains of the trainer's keyed RNG uses (masks use their own, see `estimator::masks`).
 const TASK_ORDER_DOMAIN: u64 = 0x7461_736b_5f6f_7264; // "task_ord"
 const ROLLOUT_DOMAIN: u64 = 0x726f_6c6c_6f75_7421; // "rollout!"
 const LORA_DROPOUT_DOMAIN: u64 = 0x6c6f_7261_5f64_726f; // "lora_dro"
-
-/// A user reward function and its weight in the total.
-#[derive(Clone)]
-pub struct WeightedReward {
-    pub reward: Arc<dyn RewardFn>,
-    pub weight: f32,
-}
-
-/// Where rewards come from.
-#[derive(Clone)]
-pub enum Rewards {
-    /// The released `code · w_c + format · w_f`, evaluated once per batch through a sandbox
-    /// pool; logs both components (`rewards/code_reward/mean`, `rewards/code_format_reward/mean`)
-    /// and sandbox outcomes.
-    Combined(CombinedReward),
-    /// Any weighted set of [`RewardFn`]s; the total is `Σ weight · value`, a `None` value
-    /// skipped (TRL's `nansum`).
-    Functions(Vec<WeightedReward>),
-}
-
-impl Rewards {
-    /// The released reward over any [`Executor`].
-    pub fn combined(
-        executor: Arc<dyn Executor>,
-        workers: usize,
-        limits: Limits,
-        weights: crate::reward::RewardWeights,
-    ) -> Self {
-        Rewards::Combined(CombinedReward::new(
-            Pool::new(executor, workers),
-            limits,
-            weights,
-        ))
-    }
-}
-
-/// Outcome counts of the sandbox for one round.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct SandboxStats {
-    pub tests: usize,
-    pub passed: usize,
-    pub timeouts: usize,
-    pub crashes: usize,
-    pub memory: usize,
-    pub syntax_errors: usize,
-}
-
-struct RewardOutput {
-    totals: Vec<f32>,
-    /// (name, mean over applicable rows, std)
-    components: Vec<(String, f32, f32)>,
-    sandbox: Option<SandboxStats>,
-}
-
-fn mean_std(values: &[f32]) -> (f32, f32) {
-    if values.is_empty() {
-        return (0.0, 0.0);
-    }
-    let n = values.len() as f64;
-    let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = if values.len() > 1 {
-        values
-            .iter()
-            .map(|&v| (v as f64 - mean).powi(2))
-            .sum::<f64>()
-            / (n - 1.0)
-    } else {
-        0.0
-    };
-    (mean as f32, var.sqrt() as f32)
-}
-
-impl Rewards {
-    fn score(&self, texts: &[String], tasks: &[&Task]) -> Result<RewardOutput> {
-        match self {
-            Rewards::Combined(combined) => {
-                let evals = combined.evaluate_tasks(texts, tasks)?;
-                let w = combined.weights();
-                let totals = evals.iter().map(|e| w.total(e)).collect();
-                let code: Vec<f32> = evals.iter().filter_map(|e| e.code).collect();
-                let format: Vec<f32> = evals.iter().map(|e| e.format).collect();
-                let (cm, cs) = mean_std(&code);
-                let (fm, fs) = mean_std(&format);
-                let mut sandbox = SandboxStats::default();
-                for e in &evals {
-                    sandbox.syntax_errors += usize::from(e.syntax_error.is_some());
-                    for t in &e.tests {
-                        sandbox.tests += 1;
-                        match t {
-                            Outcome::Passed => sandbox.passed += 1,
-                            Outcome::Timeout => sandbox.timeouts += 1,
-                            Outcome::Crashed { .. } => sandbox.crashes += 1,
-                            Outcome::Memory => sandbox.memory += 1,
-                            Outcome::Failed { .. } => {}
-                        }
-                    }
-                }
-                Ok(RewardOutput {
-                    totals,
-                    components: vec![
-                        ("code_reward".into(), cm, cs),
-                        ("code_format_reward".into(), fm, fs),
-                    ],
-                    sandbox: Some(sandbox),
-                })
-            }
-            Rewards::Functions(fns) => {
-                let mut totals = vec![0f32; texts.len()];
-                let mut components = Vec::with_capacity(fns.len());
-                for f in fns {
-                    let values = f.reward.score(texts, tasks)?;
-                    if values.len() != texts.len() {
-                        return Err(Error::invalid(
-                            "reward",
-                            format!(
-                                "`{}` returned {} values for {} completions",
-                                f.reward.name(),
-                                values.len(),
-                                texts.len()
-                            ),
-                        ));
-                    }
-                    let present: Vec<f32> = values.iter().flatten().copied().collect();
-                    for (t, v) in totals.iter_mut().zip(&values) {
-                        if let Some(v) = v {
-                            *t += f.weight * v;
-                        }
-                    }
-                    let (m, s) = mean_std(&present);
-                    components.push((f.reward.name().to_string(), m, s));
-                }
-                Ok(RewardOutput {
-                    totals,
-                    components,
-                    sandbox: None,
-                })
-            }
-        }
-    }
-}
 
 /// Statistics of one optimizer step (one iteration `j` of a round).
 #[derive(Debug, Clone, PartialEq)]
@@ -417,6 +280,8 @@ pub struct Trainer<B: AutodiffBackend> {
     step: u64,
     optimizer_step: u64,
     skipped_updates: u64,
+    /// This worker's place in a data-parallel run (None: the only worker).
+    shard: Option<Shard<B::InnerBackend>>,
 }
 
 /// Load the training tasks a config names.
@@ -611,7 +476,58 @@ impl<B: AutodiffBackend> Trainer<B> {
             step: 0,
             optimizer_step: 0,
             skipped_updates: 0,
+            shard: None,
         })
+    }
+
+    /// Make this trainer worker `shard.rank` of a data-parallel group (see
+    /// [`super::parallel::run`], which calls this).
+    pub fn set_shard(&mut self, shard: Shard<B::InnerBackend>) -> Result<()> {
+        if shard.world > 1 && self.config.lora.dropout > 0.0 {
+            // The dropout masks come from the backend's RNG, one per process on the CPU.
+            return Err(Error::config(
+                "lora.dropout",
+                "LoRA dropout needs a single device (its masks come from the backend's process-wide RNG); set lora.dropout = 0",
+            ));
+        }
+        if shard.world > self.config.grpo.prompts_per_step {
+            return Err(Error::config(
+                "devices",
+                format!(
+                    "{} workers but grpo.prompts_per_step = {}: every worker needs a prompt",
+                    shard.world, self.config.grpo.prompts_per_step
+                ),
+            ));
+        }
+        if shard.world > 1 {
+            let policy = self.policy.take().expect("policy present");
+            self.policy = Some(super::parallel::own_leaves(policy));
+        }
+        if shard.world > 1 && self.config.optimizer.shard_state {
+            let policy = self.policy.as_ref().expect("policy present");
+            let zero = Zero::balanced(shard.clone(), policy);
+            self.optimizer.shard_state(zero, policy);
+        }
+        self.shard = Some(shard);
+        Ok(())
+    }
+
+    /// This worker's place in a data-parallel run, if it is one.
+    pub fn shard(&self) -> Option<&Shard<B::InnerBackend>> {
+        self.shard.as_ref()
+    }
+
+    /// True for the worker that writes files (the only one outside a data-parallel run).
+    pub fn is_lead(&self) -> bool {
+        self.shard.as_ref().is_none_or(Shard::is_lead)
+    }
+
+    /// This worker's rows of a rollout batch of `rows` rows (all of them on a single device).
+    fn my_rows(&self, rows: usize) -> Range<usize> {
+        match &self.shard {
+            Some(s) => s.rows(rows, self.config.rollout.num_completions),
+            None => 0..rows,
+        }
     }
 
     pub fn config(&self) -> &TrainConfig {
@@ -623,6 +539,11 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.policy
             .as_ref()
             .expect("the policy is only taken during an update")
+    }
+
+    /// The optimizer (its state, and its shard of it in a data-parallel run).
+    pub fn optimizer(&self) -> &GrpoOptimizer<B> {
+        &self.optimizer
     }
 
     /// The reference model (None when β = 0).
@@ -674,12 +595,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             .collect();
 
         let t = Instant::now();
-        let rollout = rollout::generate(
-            &self.policy().valid(),
-            &self.tokenizer,
-            &prompts,
-            &self.rollout_config(round),
-        )?;
+        let rollout = self.rollout(round, &prompts)?;
         let rollout_time = t.elapsed().as_secs_f64();
 
         let t = Instant::now();
@@ -688,7 +604,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             .iter()
             .map(|&g| &self.tasks[picked[g]])
             .collect();
-        let rewards = self.rewards.score(&rollout.texts, &row_tasks)?;
+        let rewards = self.score_rewards(&rollout, &row_tasks)?;
         let reward_time = t.elapsed().as_secs_f64();
         let task_ids: Vec<String> = row_tasks.iter().map(|t| t.id.clone()).collect();
 
@@ -716,7 +632,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             .filter(|ids| !ids.contains(&im_end))
             .count() as f32
             / rollout.completion_ids.len().max(1) as f32;
-        stats.rewards = rewards.components;
+        stats.rewards = rewards.component_stats();
         stats.sandbox = rewards.sandbox;
         stats.reward_time = reward_time;
         stats.rollout_time = rollout_time;
@@ -748,6 +664,51 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok(stats)
     }
 
+    /// The round's rollout: all of it, on every worker. A worker of a data-parallel run decodes
+    /// its own rows of the whole round's left-padded batch, and the completions are gathered.
+    fn rollout(&self, round: u64, prompts: &[String]) -> Result<RolloutBatch> {
+        let config = self.rollout_config(round);
+        let policy = self.policy().valid();
+        let Some(shard) = &self.shard else {
+            return rollout::generate(&policy, &self.tokenizer, prompts, &config);
+        };
+        let batch = rollout::prompt_rows(&policy, &self.tokenizer, prompts, &config)?;
+        let (total, k) = (batch.ids.len(), config.max_new_tokens);
+        let rows = self.my_rows(total);
+        let mut decoded =
+            rollout::decode_rows(&policy, &self.tokenizer, &batch, rows.clone(), &config)?;
+        // Token ids are below 2^24, so they travel exactly as f32.
+        let local: Vec<f32> = decoded
+            .completion_ids
+            .iter()
+            .flatten()
+            .map(|&t| t as f32)
+            .collect();
+        let all = shard.gather_rows("completions", &local, rows, total, k)?;
+        decoded.completion_ids = all
+            .chunks(k)
+            .map(|row| row.iter().map(|&t| t as u32).collect())
+            .collect();
+        decoded.forward_passes = shard.sum_count("rollout passes", decoded.forward_passes)?;
+        // Traces stay with the worker that decoded them.
+        decoded.traces = None;
+        rollout::assemble(&self.tokenizer, batch, decoded, &config)
+    }
+
+    /// The rewards of every row of the round; a worker scores its own rows and the results
+    /// are gathered.
+    fn score_rewards(&self, rollout: &RolloutBatch, tasks: &[&Task]) -> Result<RewardOutput> {
+        let total = rollout.texts.len();
+        let rows = self.my_rows(total);
+        let local = self
+            .rewards
+            .score(&rollout.texts[rows.clone()], &tasks[rows.clone()])?;
+        match &self.shard {
+            Some(shard) => local.gather(shard, rows, total),
+            None => Ok(local),
+        }
+    }
+
     /// μ optimizer steps on one rollout batch (everything after the rewards). Public so that
     /// callers with their own rollouts (or tests) can drive the update directly.
     pub fn update(
@@ -765,11 +726,14 @@ impl<B: AutodiffBackend> Trainer<B> {
                 format!("{} advantages for {rows} rows", advantages.len()),
             ));
         }
-        let batch = ScoreBatch::new(
-            rollout.prompt_ids.clone(),
-            rollout.prompt_mask.clone(),
-            rollout.completion_ids.clone(),
+        // This worker's rows, keeping their batch indices (hence their masks).
+        let mine = self.my_rows(rows);
+        let mut batch = ScoreBatch::new(
+            rollout.prompt_ids[mine.clone()].to_vec(),
+            rollout.prompt_mask[mine.clone()].to_vec(),
+            rollout.completion_ids[mine.clone()].to_vec(),
         )?;
+        batch.row_index = mine.clone().collect();
         let ga = cfg.gradient_accumulation_steps;
         // Rows per forward: the knob, else a whole accumulation chunk (the released footprint).
         let micro = if cfg.micro_batch_rows == 0 {
@@ -796,13 +760,12 @@ impl<B: AutodiffBackend> Trainer<B> {
             .flatten()
             .map(|&m| m as f32)
             .collect();
+        let k = batch.completion_len();
         let inputs = UpdateInputs {
-            chunks: (0..ga)
-                .map(|c| (c * rows / ga, (c + 1) * rows / ga))
-                .collect(),
+            chunks: chunks(&mask, rows, k, ga, mine.clone()),
             batch,
-            advantages,
-            mask,
+            advantages: &advantages[mine.clone()],
+            mask: mask[mine.start * k..mine.end * k].to_vec(),
             micro,
             old,
             reference,
@@ -819,6 +782,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         let skipped = iterations.iter().filter(|i| !i.applied).count() as u32;
         let update_time = t.elapsed().as_secs_f64();
+        if let Some(shard) = &self.shard {
+            forward_passes = shard.sum_count("estimator passes", forward_passes)?;
+        }
         let finite_norms: Vec<f64> = iterations
             .iter()
             .map(|i| i.grad_norm)
@@ -910,21 +876,15 @@ impl<B: AutodiffBackend> Trainer<B> {
             B::seed(&self.device, keyed_rng(key, 0).random());
         }
         let mut pass = GradientPass::<B>::default();
-        let (k, ga) = (
-            inputs.batch.completion_len(),
-            self.config.grpo.gradient_accumulation_steps,
-        );
-        for &(c0, c1) in &inputs.chunks {
-            let chunk_tokens: f32 = inputs.mask[c0 * k..c1 * k].iter().sum();
-            let normalizer = chunk_tokens.max(1.0) * ga as f32;
-            for r0 in (c0..c1).step_by(inputs.micro) {
-                let rows = r0..(r0 + inputs.micro).min(c1);
+        for chunk in &inputs.chunks {
+            for r0 in chunk.rows.clone().step_by(inputs.micro) {
+                let rows = r0..(r0 + inputs.micro).min(chunk.rows.end);
                 self.micro_batch(
                     inputs,
                     j,
                     seed,
                     rows,
-                    normalizer,
+                    chunk.normalizer,
                     &mut pass,
                     forward_passes,
                     ratios,
@@ -933,13 +893,20 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         let to = Instant::now();
         let lr = self.schedule.lr(self.optimizer_step);
-        let (grad_norm, applied) = if pass.finite {
-            let policy = self.policy.take().expect("policy present");
-            let (policy, outcome) = self.optimizer.step(lr, policy, pass.accumulator.grads());
-            self.policy = Some(policy);
-            (outcome.grad_norm, outcome.applied)
-        } else {
-            (f64::NAN, false)
+        let grads = self.reduce_pass(&mut pass)?;
+        let (grad_norm, applied) = match grads {
+            Some(grads) => {
+                let policy = self.policy.take().expect("policy present");
+                let (policy, outcome) = self.optimizer.step(lr, policy, grads);
+                // With a sharded state each worker updated its own parameters: share them.
+                let policy = match outcome.applied {
+                    true => self.optimizer.share(policy)?,
+                    false => policy,
+                };
+                self.policy = Some(policy);
+                (outcome.grad_norm, outcome.applied)
+            }
+            None => (f64::NAN, false),
         };
         if !applied {
             self.skipped_updates += 1;
@@ -962,6 +929,50 @@ impl<B: AutodiffBackend> Trainer<B> {
             backward_time: pass.backward_time,
             optimizer_time: to.elapsed().as_secs_f64(),
         })
+    }
+
+    /// The iteration's gradients, summed over the workers of a data-parallel run (with its
+    /// loss statistics); None when some worker's loss was not finite (every worker then skips
+    /// the update).
+    fn reduce_pass(&self, pass: &mut GradientPass<B>) -> Result<Option<GradientsParams>> {
+        let Some(shard) = &self.shard else {
+            return Ok(pass.finite.then(|| pass.accumulator.grads()));
+        };
+        let s = &pass.sums;
+        let sums = shard.sum(
+            "loss statistics",
+            [
+                pass.loss,
+                s.tokens,
+                s.kl,
+                s.clipped_low,
+                s.clipped_high,
+                s.ratio,
+                s.loss,
+                f64::from(u8::from(!pass.finite)),
+            ]
+            .map(|v| v as f32)
+            .to_vec(),
+        )?;
+        pass.loss = sums[0] as f64;
+        pass.sums = LossSums {
+            tokens: sums[1] as f64,
+            kl: sums[2] as f64,
+            clipped_low: sums[3] as f64,
+            clipped_high: sums[4] as f64,
+            ratio: sums[5] as f64,
+            loss: sums[6] as f64,
+        };
+        pass.finite = sums[7] == 0.0;
+        if !pass.finite {
+            return Ok(None);
+        }
+        let grads = pass.accumulator.grads();
+        Ok(Some(super::parallel::all_reduce_grads(
+            shard,
+            self.policy(),
+            grads,
+        )?))
     }
 
     /// Score rows `rows` with the graph, take their loss (over the chunk's `normalizer`) and
@@ -1046,14 +1057,18 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// Write `run_dir/checkpoints/step-N` atomically and prune to `checkpoint.keep_last`.
     /// Refuses to save non-finite weights.
+    /// In a data-parallel run every worker calls this and worker 0 writes.
     pub fn save_checkpoint(&self, run_dir: &Path) -> Result<PathBuf> {
         let target = checkpoint::checkpoint_dir(run_dir, self.step);
         self.save_checkpoint_to(&target)?;
-        checkpoint::prune(run_dir, self.config.checkpoint.keep_last)?;
+        if self.is_lead() {
+            checkpoint::prune(run_dir, self.config.checkpoint.keep_last)?;
+        }
         Ok(target)
     }
 
-    /// Write a checkpoint into `target` (atomically).
+    /// Write a checkpoint into `target` (atomically). In a data-parallel run every worker
+    /// calls this (a sharded optimizer state is gathered) and worker 0 writes.
     pub fn save_checkpoint_to(&self, target: &Path) -> Result<()> {
         let policy = self.policy();
         if !all_finite(policy) {
@@ -1062,10 +1077,14 @@ impl<B: AutodiffBackend> Trainer<B> {
                 message: "the policy has non-finite weights; refusing to save".into(),
             });
         }
+        let (state, times) = self.optimizer.state(policy)?;
+        if !self.is_lead() {
+            return Ok(());
+        }
         checkpoint::write_atomically(target, |dir| {
             weights::save(&self.config, dir, policy, self.reference.as_ref())?;
             self.tokenizer.save(dir.join("tokenizer.json"))?;
-            self.optimizer.save(policy, &dir.join(OPTIMIZER_FILE))?;
+            GrpoOptimizer::<B>::write_state(&state, &times, &dir.join(OPTIMIZER_FILE))?;
             self.state().save(dir)?;
             self.config.save_resolved(dir)?;
             Ok(())
@@ -1115,54 +1134,102 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// completions to `run_dir/completions.jsonl`, checkpoints every `checkpoint.every` rounds
     /// and at the end. Returns the last round's statistics.
     pub fn fit(&mut self, run_dir: &Path, max_steps: u64) -> Result<Option<StepStats>> {
-        std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
-        self.config.save_resolved(run_dir)?;
-        let metrics_path = run_dir.join(&self.config.logging.metrics_file);
-        // A resumed run rewrites history after its checkpoint.
-        crate::metrics::truncate_after_step(&metrics_path, self.step)?;
-        let mut metrics = JsonlSink::append(&metrics_path)?;
-        let samples_path = run_dir.join("completions.jsonl");
-        crate::metrics::truncate_after_step(&samples_path, self.step)?;
-        let mut samples = JsonlSink::append(&samples_path)?;
+        // Worker 0 alone writes; the others wait for it in their next collective call.
+        let mut sinks = match self.is_lead() {
+            true => Some(RoundSinks::open(&self.config, run_dir, self.step)?),
+            false => None,
+        };
         let progress = Progress::new(self.step, max_steps, self.config.logging.progress);
         let mut last = None;
         let ck = self.config.checkpoint.clone();
         while self.step < max_steps {
             let stats = self.step()?;
-            metrics.write(&stats.metrics())?;
-            for s in &stats.samples {
-                samples.write(s)?;
+            if let Some(sinks) = &mut sinks {
+                sinks.write(&stats, &progress)?;
             }
-            if stats.skipped_updates > 0 {
-                progress.message(&format!(
-                    "step {}: {} update(s) skipped (non-finite loss or gradients)",
-                    stats.step, stats.skipped_updates
-                ));
-            }
-            if let Some(s) = stats.samples.first() {
-                progress.message(&format!(
-                    "step {} sample [{}] reward {:.2}: {}",
-                    s.step,
-                    s.task_id,
-                    s.reward,
-                    s.completion
-                        .chars()
-                        .take(200)
-                        .collect::<String>()
-                        .replace('\n', "⏎")
-                ));
-            }
-            progress.update(self.step, &stats.metrics());
             let due = ck.every > 0 && self.step.is_multiple_of(ck.every);
             let last_step = self.step == max_steps;
             if due || (last_step && ck.save_final) {
                 let path = self.save_checkpoint(run_dir)?;
-                progress.message(&format!("saved {}", path.display()));
+                if self.is_lead() {
+                    progress.message(&format!("saved {}", path.display()));
+                }
             }
             last = Some(stats);
         }
         Ok(last)
     }
+}
+
+/// The per-round files of [`Trainer::fit`]: metrics and sampled completions.
+struct RoundSinks {
+    metrics: JsonlSink,
+    samples: JsonlSink,
+}
+
+impl RoundSinks {
+    /// Open (append) the run's files; a resumed run rewrites history after its checkpoint.
+    fn open(config: &TrainConfig, run_dir: &Path, step: u64) -> Result<Self> {
+        std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+        config.save_resolved(run_dir)?;
+        let metrics_path = run_dir.join(&config.logging.metrics_file);
+        crate::metrics::truncate_after_step(&metrics_path, step)?;
+        let samples_path = run_dir.join("completions.jsonl");
+        crate::metrics::truncate_after_step(&samples_path, step)?;
+        Ok(Self {
+            metrics: JsonlSink::append(&metrics_path)?,
+            samples: JsonlSink::append(&samples_path)?,
+        })
+    }
+
+    fn write(&mut self, stats: &StepStats, progress: &Progress) -> Result<()> {
+        self.metrics.write(&stats.metrics())?;
+        for s in &stats.samples {
+            self.samples.write(s)?;
+        }
+        if stats.skipped_updates > 0 {
+            progress.message(&format!(
+                "step {}: {} update(s) skipped (non-finite loss or gradients)",
+                stats.step, stats.skipped_updates
+            ));
+        }
+        if let Some(s) = stats.samples.first() {
+            let text: String = s.completion.chars().take(200).collect();
+            progress.message(&format!(
+                "step {} sample [{}] reward {:.2}: {}",
+                s.step,
+                s.task_id,
+                s.reward,
+                text.replace('\n', "⏎")
+            ));
+        }
+        progress.update(stats.step, &stats.metrics());
+        Ok(())
+    }
+}
+
+/// A gradient-accumulation chunk's rows on this worker, and the whole chunk's normaliser.
+struct Chunk {
+    /// Rows of this worker's batch.
+    rows: Range<usize>,
+    /// `max(1, completion tokens of the whole chunk) · GA`, the same on every worker.
+    normalizer: f32,
+}
+
+/// The `ga` gradient-accumulation chunks of a batch of `rows` rows (`mask`: `[rows * k]`) that
+/// hold rows of `mine`, in `mine`'s row numbers.
+fn chunks(mask: &[f32], rows: usize, k: usize, ga: usize, mine: Range<usize>) -> Vec<Chunk> {
+    (0..ga)
+        .filter_map(|c| {
+            let (c0, c1) = (c * rows / ga, (c + 1) * rows / ga);
+            let tokens: f32 = mask[c0 * k..c1 * k].iter().sum();
+            let (lo, hi) = (c0.max(mine.start), c1.min(mine.end));
+            (lo < hi).then(|| Chunk {
+                rows: lo - mine.start..hi - mine.start,
+                normalizer: tokens.max(1.0) * ga as f32,
+            })
+        })
+        .collect()
 }
 
 /// What the μ iterations of one update share.
@@ -1171,8 +1238,8 @@ struct UpdateInputs<'a> {
     advantages: &'a [f32],
     /// `[rows * K]` completion mask (1 = a token of the completion).
     mask: Vec<f32>,
-    /// Row ranges of the gradient-accumulation chunks.
-    chunks: Vec<(usize, usize)>,
+    /// The gradient-accumulation chunks.
+    chunks: Vec<Chunk>,
     /// Rows per forward.
     micro: usize,
     /// Per iteration: π_old's host scores `[rows * K]` (μ > 1) and π_ref's (β ≠ 0).

@@ -47,6 +47,34 @@ pub fn decode<B: Backend>(
     mask_token: u32,
     config: &RolloutConfig,
 ) -> Result<Decoded> {
+    let padded = prompt_mask.iter().any(|m| m.contains(&0));
+    decode_from(
+        model,
+        prompt_ids,
+        prompt_mask,
+        0,
+        padded,
+        mask_token,
+        config,
+    )
+}
+
+/// [`decode`] of rows `row_offset..` of a larger batch: row `r` here draws from stream
+/// `row_offset + r`, and every draw of a row depends only on (seed, row, step). `padded` says
+/// whether any row of the larger batch is padded: then every chunk passes the attention mask,
+/// as the whole batch's decode does (Dream passes none when nothing is padded, a different
+/// attention path). These rows then come out exactly as in the whole batch's decode when the
+/// chunks (`config.chunk_rows`, counted from `row_offset`) hold the same rows and so run the
+/// same shapes.
+pub fn decode_from<B: Backend>(
+    model: &DiffusionLm<B>,
+    prompt_ids: &[Vec<u32>],
+    prompt_mask: &[Vec<u32>],
+    row_offset: usize,
+    padded: bool,
+    mask_token: u32,
+    config: &RolloutConfig,
+) -> Result<Decoded> {
     config.validate()?;
     check_prompts(
         prompt_ids,
@@ -67,7 +95,8 @@ pub fn decode<B: Backend>(
             model,
             &prompt_ids[start..end],
             &prompt_mask[start..end],
-            start,
+            row_offset + start,
+            padded,
             mask_token,
             config,
         );
@@ -129,6 +158,14 @@ fn check_prompts(ids: &[Vec<u32>], mask: &[Vec<u32>], vocab: usize, mask_token: 
     Ok(())
 }
 
+/// What a step draws uniforms for (its window within the step, see `ChunkDecoder::seek`).
+#[derive(Clone, Copy)]
+enum Draw {
+    Coins = 0,
+    Sample = 1,
+    Gumbel = 2,
+}
+
 /// How many of a step's candidates each row reveals.
 enum Rule<B: Backend> {
     /// Every valid candidate (origin: the host already chose them).
@@ -160,6 +197,8 @@ struct ChunkDecoder<'a, B: Backend> {
     /// `[rows, 1]` flat index of hidden row P−1 of each row in `[rows·L, H]`.
     hidden_base: Tensor<B, 2, Int>,
     rngs: Vec<ChaCha8Rng>,
+    /// Threshold and origin decoding: draws come from per-step windows (see [`Self::seek`]).
+    windowed: bool,
     params: SampleParams,
     steps_taken: usize,
     forward_passes: usize,
@@ -171,6 +210,7 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
         ids: &[Vec<u32>],
         mask: &[Vec<u32>],
         row_offset: usize,
+        padded: bool,
         mask_token: u32,
         config: &'a RolloutConfig,
     ) -> Self {
@@ -181,7 +221,6 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
         };
         let prompt = int2(ids.iter().flatten().map(|&t| t as i64).collect(), p);
         // Dream passes no mask at all when nothing is padded (full attention, positions 0..L).
-        let padded = mask.iter().any(|m| m.contains(&0));
         let attention = padded.then(|| {
             let pm = int2(mask.iter().flatten().map(|&t| t as i64).collect(), p);
             Tensor::cat(vec![pm, Tensor::ones([rows, k], &device)], 1)
@@ -213,6 +252,7 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
             positions: Tensor::<B, 1, Int>::arange(0..k as i64, &device).unsqueeze::<2>(),
             hidden_base,
             rngs,
+            windowed: config.alg == Alg::Origin || config.confidence_threshold.is_some(),
             params: SampleParams {
                 temperature: config.temperature,
                 top_p: config.top_p,
@@ -295,6 +335,7 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
         for i in 0..steps {
             let p = transfer_probability(ts, i);
             let mut picks: Vec<Vec<usize>> = Vec::with_capacity(self.rows);
+            self.seek(Draw::Coins);
             for (row, rng) in masked.iter_mut().zip(&mut self.rngs) {
                 let (take, keep): (Vec<usize>, Vec<usize>) =
                     row.iter().partition(|_| rng.random::<f32>() < p);
@@ -381,7 +422,7 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
         let uniforms = self
             .params
             .needs_uniforms()
-            .then(|| self.uniforms(m, |rng| rng.random::<f32>()));
+            .then(|| self.uniforms(m, Draw::Sample, |rng| rng.random::<f32>()));
         let sampled = sample_tokens(
             logits,
             uniforms.map(|u| u.reshape([rows * m, 1])),
@@ -402,7 +443,11 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
                 .unwrap_or_else(|| Tensor::<B, 2, Int>::ones([rows, m], &self.device).bool()),
             Rule::Count(n) => {
                 let scores = if self.config.alg_temp > 0.0 {
-                    gumbel_scores(ranked, self.uniforms(m, open_uniform), self.config.alg_temp)
+                    gumbel_scores(
+                        ranked,
+                        self.uniforms(m, Draw::Gumbel, open_uniform),
+                        self.config.alg_temp,
+                    )
                 } else {
                     ranked
                 };
@@ -439,12 +484,35 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
     }
 
     /// `[rows, m]` draws, `m` from each row's own stream.
-    fn uniforms(&mut self, m: usize, draw: fn(&mut ChaCha8Rng) -> f32) -> Tensor<B, 2> {
+    fn uniforms(
+        &mut self,
+        m: usize,
+        purpose: Draw,
+        draw: fn(&mut ChaCha8Rng) -> f32,
+    ) -> Tensor<B, 2> {
+        self.seek(purpose);
         let mut v = Vec::with_capacity(self.rows * m);
         for rng in &mut self.rngs {
             v.extend((0..m).map(|_| draw(rng)));
         }
         Tensor::from_data(TensorData::new(v, [self.rows, m]), &self.device)
+    }
+
+    /// Threshold and origin decoding draw a number of values per row and step that depends on
+    /// the other rows of the chunk (its widest row), so every row's stream is moved to the
+    /// step's own window for each purpose first: a row's j-th draw of a step is then the same
+    /// whatever rows share its chunk (or its worker). The schedule path draws exactly `left`
+    /// values per row and step already, and keeps its contiguous streams.
+    fn seek(&mut self, purpose: Draw) {
+        if !self.windowed {
+            return;
+        }
+        // At most K draws per purpose and step, of at most two 32-bit words each.
+        let window = 2 * self.k as u128;
+        let pos = (self.steps_taken as u128 * 3 + purpose as u128) * window;
+        for rng in &mut self.rngs {
+            rng.set_word_pos(pos);
+        }
     }
 
     /// Read the results back (the only host read of the top-k algorithms).

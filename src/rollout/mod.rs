@@ -20,12 +20,14 @@ pub mod trace;
 
 pub use ar_ness::{global_ar_ness, local_ar_ness, GLOBAL_K, LOCAL_K};
 pub use config::{Alg, RolloutConfig};
-pub use decoder::{decode, Decoded};
+pub use decoder::{decode, decode_from, Decoded};
 pub use trace::{DecodeTrace, TraceRecord};
 
 use burn::tensor::backend::Backend;
 
-use crate::model::{left_pad, DiffusionLm, SpecialTokens, Tokenizer};
+use std::ops::Range;
+
+use crate::model::{left_pad, DiffusionLm, PromptBatch, SpecialTokens, Tokenizer};
 use crate::{Error, Result};
 
 /// The result of [`generate`]: `rows = prompts × G`, grouped contiguously by prompt.
@@ -62,6 +64,21 @@ pub fn generate<B: Backend>(
     prompts: &[String],
     config: &RolloutConfig,
 ) -> Result<RolloutBatch> {
+    let batch = prompt_rows(model, tokenizer, prompts, config)?;
+    let decoded = decode_rows(model, tokenizer, &batch, 0..batch.ids.len(), config)?;
+    assemble(tokenizer, batch, decoded, config)
+}
+
+/// The rows of a rollout before decoding: every prompt tokenized, left-truncated to
+/// `max_prompt_length`, repeated G times and left-padded to the longest (`[rows][P]` ids and
+/// mask). Data-parallel workers all build the whole round's rows, so that a row's padding (and
+/// so its numerics) does not depend on which worker decodes it.
+pub fn prompt_rows<B: Backend>(
+    model: &DiffusionLm<B>,
+    tokenizer: &Tokenizer,
+    prompts: &[String],
+    config: &RolloutConfig,
+) -> Result<PromptBatch> {
     config.validate()?;
     if prompts.is_empty() {
         return Err(Error::invalid("prompts", "no prompts given"));
@@ -91,14 +108,55 @@ pub fn generate<B: Backend>(
         let ids = ids[ids.len().saturating_sub(config.max_prompt_length)..].to_vec();
         rows.extend(std::iter::repeat_n(ids, g));
     }
-    let batch = left_pad(rows, special.pad);
-    let decoded = decode(
+    Ok(left_pad(rows, special.pad))
+}
+
+/// Decode rows `rows` of `batch` (from [`prompt_rows`]). Row `r` draws from its own stream `r`
+/// of the round's seed, so decoding a range gives exactly those rows of the whole decode when
+/// the `chunk_rows` boundaries agree (see [`decode_from`]).
+pub fn decode_rows<B: Backend>(
+    model: &DiffusionLm<B>,
+    tokenizer: &Tokenizer,
+    batch: &PromptBatch,
+    rows: Range<usize>,
+    config: &RolloutConfig,
+) -> Result<Decoded> {
+    if rows.is_empty() || rows.end > batch.ids.len() {
+        return Err(Error::invalid(
+            "rows",
+            format!("{rows:?} is not a range of the {} rows", batch.ids.len()),
+        ));
+    }
+    decode_from(
         model,
-        &batch.ids,
-        &batch.attention_mask,
-        special.mask,
+        &batch.ids[rows.clone()],
+        &batch.attention_mask[rows.clone()],
+        rows.start,
+        batch.attention_mask.iter().any(|m| m.contains(&0)),
+        tokenizer.special().mask,
         config,
-    )?;
+    )
+}
+
+/// The rollout batch of `batch`'s rows with their decoded completions: loss masks, texts and
+/// groups.
+pub fn assemble(
+    tokenizer: &Tokenizer,
+    batch: PromptBatch,
+    decoded: Decoded,
+    config: &RolloutConfig,
+) -> Result<RolloutBatch> {
+    if decoded.completion_ids.len() != batch.ids.len() {
+        return Err(Error::invalid(
+            "completions",
+            format!(
+                "{} completions for {} rows",
+                decoded.completion_ids.len(),
+                batch.ids.len()
+            ),
+        ));
+    }
+    let special = *tokenizer.special();
     let completion_mask = decoded
         .completion_ids
         .iter()
@@ -116,6 +174,7 @@ pub fn generate<B: Backend>(
             tokenizer.decode(ids, true)
         })
         .collect::<Result<Vec<_>>>()?;
+    let g = config.num_completions;
     Ok(RolloutBatch {
         group: (0..batch.ids.len()).map(|r| r / g).collect(),
         prompt_ids: batch.ids,

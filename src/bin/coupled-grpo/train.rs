@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use burn::tensor::backend::AutodiffBackend;
 use coupled_grpo::estimator::LikelihoodEstimator;
 use coupled_grpo::grpo::checkpoint::list_checkpoints;
-use coupled_grpo::grpo::{TrainConfig, Trainer};
+use coupled_grpo::grpo::{parallel, DeviceSpec, TrainConfig, Trainer};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -26,9 +26,11 @@ pub struct Args {
     /// Override a config value: `--set grpo.beta=0.02 --set estimator.kind=d1`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
-    /// `cpu`, or `cuda` in builds with the `cuda` feature.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    /// Data-parallel workers: `cpu`, `cpu:N` (N workers on the CPU), and in builds with the
+    /// `cuda` feature `cuda`, `cuda:0,1,2,3` or `cuda:all`. A round's prompts are split across
+    /// the workers; the result does not depend on their number.
+    #[arg(long, alias = "device", default_value = "cpu")]
+    devices: DeviceSpec,
     /// CUDA only: keep compiled kernels and autotune results in this directory, so a restarted
     /// or resumed run skips their JIT compilation (default: `<out>/kernel-cache`).
     #[arg(long)]
@@ -49,33 +51,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ),
         other => other.clone(),
     };
-    if args.device != "cuda" && args.kernel_cache.is_some() {
-        bail!("--kernel-cache only applies to --device cuda");
-    }
-    match args.device.as_str() {
-        "cpu" => train::<coupled_grpo::backend::CpuAutodiff>(
-            config,
-            args.out,
-            resume,
-            Default::default(),
-        ),
+    // Every check that needs no device runs before any work starts.
+    config.validate()?;
+    args.devices.check_build()?;
+    args.devices.check_prompts(config.grpo.prompts_per_step)?;
+    match &args.devices {
+        DeviceSpec::Cpu(n) => {
+            if args.kernel_cache.is_some() {
+                bail!("--kernel-cache only applies to CUDA devices");
+            }
+            let devices = vec![Default::default(); *n];
+            train::<coupled_grpo::backend::CpuAutodiff>(config, args.out, resume, devices)
+        }
         #[cfg(feature = "cuda")]
-        "cuda" => {
+        cuda => {
             // Before the first CUDA tensor: CubeCL reads its configuration once.
             let cache =
                 (args.kernel_cache.clone()).unwrap_or_else(|| args.out.join("kernel-cache"));
             coupled_grpo::backend::configure_cubecl(Some(&cache), None);
-            train::<coupled_grpo::backend::CudaAutodiff>(
-                config,
-                args.out,
-                resume,
-                Default::default(),
-            )
+            let devices = coupled_grpo::backend::cuda_devices(cuda)?;
+            train::<coupled_grpo::backend::CudaAutodiff>(config, args.out, resume, devices)
         }
-        other => bail!(
-            "unknown device `{other}` (cpu{})",
-            if cfg!(feature = "cuda") { ", cuda" } else { "" }
-        ),
+        #[cfg(not(feature = "cuda"))]
+        _ => unreachable!("check_build refuses CUDA without the feature"),
     }
 }
 
@@ -83,18 +81,49 @@ fn train<B: AutodiffBackend>(
     config: TrainConfig,
     out: PathBuf,
     resume: Option<PathBuf>,
-    device: B::Device,
+    devices: Vec<B::Device>,
 ) -> anyhow::Result<()> {
     let max_steps = config.grpo.max_steps;
-    let mut trainer = match &resume {
-        Some(dir) => Trainer::<B>::resume(config, dir, device)
-            .with_context(|| format!("resuming from {}", dir.display()))?,
-        None => Trainer::<B>::new(config, device)?,
+    let build = |_rank: usize, device: &B::Device| match &resume {
+        Some(dir) => Trainer::<B>::resume(config.clone(), dir, device.clone()),
+        None => Trainer::<B>::new(config.clone(), device.clone()),
     };
+    let body = |trainer: &mut Trainer<B>| {
+        if trainer.is_lead() {
+            banner(trainer, max_steps, resume.as_deref(), devices.len());
+        }
+        let last = trainer.fit(&out, max_steps)?;
+        Ok((last, trainer.current_step()))
+    };
+    let (last, step) = parallel::run(&devices, build, body).with_context(|| match &resume {
+        Some(dir) => format!("resuming from {}", dir.display()),
+        None => "training".into(),
+    })?;
+    match last {
+        Some(s) => eprintln!(
+            "done: round {} · reward {:.3} · kl {:.5} · grad_norm {:.4} · {:.1}s/round · metrics in {}",
+            s.step,
+            s.reward,
+            s.kl,
+            s.grad_norm,
+            s.step_time,
+            out.join(&config.logging.metrics_file).display()
+        ),
+        None => eprintln!("nothing to do: already at round {step}"),
+    }
+    Ok(())
+}
+
+fn banner<B: AutodiffBackend>(
+    trainer: &Trainer<B>,
+    max_steps: u64,
+    resume: Option<&std::path::Path>,
+    workers: usize,
+) {
     let c = trainer.config();
     let rows = c.grpo.prompts_per_step * c.rollout.num_completions;
     eprintln!(
-        "coupled-grpo train: {} ({} parameters) · estimator {} ({} passes/sequence) · {} prompts × {} completions = {rows} rows/round · μ = {} · GA = {} · β = {} · {} rounds{}",
+        "coupled-grpo train: {} ({} parameters) · estimator {} ({} passes/sequence) · {} prompts × {} completions = {rows} rows/round · μ = {} · GA = {} · β = {} · {} rounds{}{}",
         c.model.path.display(),
         trainer.policy().config().num_parameters(),
         trainer.estimator().name(),
@@ -105,23 +134,13 @@ fn train<B: AutodiffBackend>(
         c.grpo.gradient_accumulation_steps,
         c.grpo.beta,
         max_steps,
+        if workers > 1 {
+            format!(" · {workers} workers")
+        } else {
+            String::new()
+        },
         resume
-            .as_ref()
             .map(|d| format!(" (resumed at round {} from {})", trainer.current_step(), d.display()))
             .unwrap_or_default(),
     );
-    let last = trainer.fit(&out, max_steps)?;
-    match last {
-        Some(s) => eprintln!(
-            "done: round {} · reward {:.3} · kl {:.5} · grad_norm {:.4} · {:.1}s/round · metrics in {}",
-            s.step,
-            s.reward,
-            s.kl,
-            s.grad_norm,
-            s.step_time,
-            out.join(&trainer.config().logging.metrics_file).display()
-        ),
-        None => eprintln!("nothing to do: already at round {}", trainer.current_step()),
-    }
-    Ok(())
 }
