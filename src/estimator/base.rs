@@ -140,7 +140,8 @@ pub struct Scores<B: Backend> {
 /// A likelihood estimator for masked-diffusion policies: given a model, a batch of
 /// prompt+completion sequences and a [`MaskSeed`], return a per-token score for every
 /// completion position. Only completion tokens are masked (D1 also masks prompt tokens), the
-/// Dream logit shift applies (row `j − 1` scores token `j`), and the prompt's padding mask is
+/// model family's logit shift applies (Dream: row `j − 1` scores token `j`; LLaDA: row `j`;
+/// see [`crate::model::family`]), and the prompt's padding mask is
 /// passed to every forward. Equal seeds give identical masks, so π_old, π_ref and π_θ compare
 /// like with like.
 pub trait LikelihoodEstimator {
@@ -277,7 +278,7 @@ fn score_lean<B: Backend>(
         batch.seq_len(),
     );
     let device = input.device();
-    let scored = ScoredPositions::of(batch, views);
+    let scored = ScoredPositions::of(batch, views, model.config().family.logit_shift());
     if scored.weights.is_empty() {
         return Tensor::zeros([rows, k], &device);
     }
@@ -298,8 +299,8 @@ fn score_lean<B: Backend>(
 
 /// The (view, row, completion token) triples with a nonzero weight, flattened.
 struct ScoredPositions {
-    /// Row of the stacked `[views · rows · L, hidden]` states that scores the token (Dream's
-    /// shift: position `P + j − 1` scores completion token `j`).
+    /// Row of the stacked `[views · rows · L, hidden]` states that scores the token (position
+    /// `P + j − shift` scores completion token `j`; the shift is the model family's).
     hidden_rows: Vec<i64>,
     /// The token's index in the row-major `[rows, K]` output.
     out: Vec<i64>,
@@ -308,7 +309,7 @@ struct ScoredPositions {
 }
 
 impl ScoredPositions {
-    fn of(batch: &ScoreBatch, views: &[View]) -> Self {
+    fn of(batch: &ScoreBatch, views: &[View], shift: usize) -> Self {
         let (rows, p, k, l) = (
             batch.rows(),
             batch.prompt_len(),
@@ -326,7 +327,8 @@ impl ScoredPositions {
                 for j in 0..k {
                     let w = view.weights[r * k + j];
                     if w != 0.0 {
-                        s.hidden_rows.push(((v * rows + r) * l + p - 1 + j) as i64);
+                        s.hidden_rows
+                            .push(((v * rows + r) * l + p - shift + j) as i64);
                         s.out.push((r * k + j) as i64);
                         s.targets.push(batch.completion_ids[r][j] as i64);
                         s.weights.push(w);
@@ -365,8 +367,9 @@ fn score_full<B: Backend>(
         .reshape([rows, k])
 }
 
-/// Log-probability of each completion target under the model, with Dream's shift (the hidden
-/// state at position `j − 1` scores token `j`), gathered chunk by chunk so that at most
+/// Log-probability of each completion target under the model, with the family's logit shift
+/// (Dream: the hidden state at position `j − 1` scores token `j`), gathered chunk by chunk so
+/// that at most
 /// `max_logit_bytes` of f32 logits exist at once (a 152k vocabulary would otherwise need
 /// gigabytes per micro-batch).
 ///
@@ -384,14 +387,16 @@ pub fn completion_log_probs<B: Backend>(
     max_logit_bytes: usize,
 ) -> Tensor<B, 2> {
     let [n, k] = targets.dims();
+    let shift = model.config().family.logit_shift();
     assert!(
-        prompt_len >= 1,
-        "the Dream shift needs at least one prompt position"
+        prompt_len >= shift,
+        "the logit shift needs at least one prompt position"
     );
     let hidden = model.forward_hidden(input_ids, attention_mask);
     let [_, _, h] = hidden.dims();
-    // Rows P-1 .. P+K-2 predict completion tokens P .. P+K-1.
-    let hidden = hidden.slice([0..n, prompt_len - 1..prompt_len - 1 + k, 0..h]);
+    // Rows P-shift .. P+K-1-shift predict completion tokens P .. P+K-1.
+    let first = prompt_len - shift;
+    let hidden = hidden.slice([0..n, first..first + k, 0..h]);
     let vocab = model.config().vocab_size;
     let per_row = k * vocab * std::mem::size_of::<f32>();
     let chunk = (max_logit_bytes / per_row.max(1)).clamp(1, n);

@@ -1,7 +1,8 @@
 //! d1's "diffu-GRPO" one-step estimator (spec §2.1): prompt tokens masked independently with
 //! probability `p` (default 0.15), the whole completion masked, one forward pass, per-token
 //! log-prob with no weighting. The prompt mask is redrawn per iteration from the [`MaskSeed`].
-//! Left pads are never masked. Unlike LLaDA's d1, Dream's logit shift applies.
+//! Left pads are never masked. The model family's logit shift applies (none for LLaDA, as in
+//! d1; one position for Dream).
 
 use burn::tensor::backend::Backend;
 

@@ -530,4 +530,50 @@ mod tests {
             assert!(err <= 1e-5 * scale.max(1.0), "error {err}, scale {scale}");
         }
     }
+
+    /// Under LoRA only the adapters are trainable, so only their gradients travel: two per
+    /// adapted projection, none of the frozen base's.
+    #[test]
+    fn with_lora_only_the_adapters_gradients_travel() {
+        use crate::model::lora::{self, LoraConfig};
+        let config = ModelConfig::preset("tiny").unwrap();
+        let base =
+            DiffusionLm::<CpuAutodiff>::init_with(&config, &Default::default(), 3, DType::F32);
+        let lora_config = LoraConfig {
+            r: 2,
+            alpha: 4.0,
+            ..Default::default()
+        };
+        let model = lora::attach(base.no_grad(), &lora_config, 5).unwrap();
+        let adapted = lora::linears(&model)
+            .iter()
+            .filter(|(_, l)| l.lora.is_some())
+            .count();
+        assert!(adapted > 0);
+        let _group = collective_lock();
+        collective::reset_collective::<Cpu>();
+        let handles: Vec<_> = (0..2u32)
+            .map(|w| {
+                let replica = own_leaves(model.clone());
+                std::thread::spawn(move || {
+                    let peer = PeerId::from(w);
+                    let cfg = CollectiveConfig::default().with_num_devices(2);
+                    collective::register::<Cpu>(peer, Default::default(), cfg).unwrap();
+                    let ids = Tensor::<CpuAutodiff, 2, Int>::from_data(
+                        TensorData::new(vec![1i64 + w as i64, 7, 9, 11], [1, 4]),
+                        &Default::default(),
+                    );
+                    let loss = replica.forward(ids, None).sum();
+                    let grads = GradientsParams::from_grads(loss.backward(), &replica);
+                    let shard = Shard::<Cpu>::new(w as usize, 2, Default::default());
+                    let summed = all_reduce_grads(&shard, &replica, grads).unwrap();
+                    collective::finish_collective::<Cpu>(peer).unwrap();
+                    summed.len()
+                })
+            })
+            .collect();
+        for h in handles {
+            assert_eq!(h.join().unwrap(), 2 * adapted);
+        }
+    }
 }

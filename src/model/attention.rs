@@ -30,14 +30,15 @@ impl<B: Backend> Attention<B> {
     ) -> Result<Self> {
         let (d, hd, std) = (c.hidden_size, c.head_dim(), c.initializer_range);
         let (h, kv) = (c.num_attention_heads, c.kv_heads());
+        let bias = c.family.qkv_bias();
         Ok(Self {
-            q_proj: Linear::from_source(source, &format!("{prefix}.q_proj"), d, h * hd, true, std)?,
+            q_proj: Linear::from_source(source, &format!("{prefix}.q_proj"), d, h * hd, bias, std)?,
             k_proj: Linear::from_source(
                 source,
                 &format!("{prefix}.k_proj"),
                 d,
                 kv * hd,
-                true,
+                bias,
                 std,
             )?,
             v_proj: Linear::from_source(
@@ -45,7 +46,7 @@ impl<B: Backend> Attention<B> {
                 &format!("{prefix}.v_proj"),
                 d,
                 kv * hd,
-                true,
+                bias,
                 std,
             )?,
             o_proj: Linear::from_source(

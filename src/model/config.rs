@@ -1,14 +1,23 @@
 //! Model configuration with Hugging Face `config.json` field names (Dream / DiffuCoder / Qwen2).
+//! A LLaDA `config.json` (its own key names, [`super::llada_config`]) is read into the same
+//! struct, with [`ModelConfig::family`] saying which family it is.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::family::ModelFamily;
+use super::llada_config::{is_llada, LladaConfig};
 use crate::{Error, Result};
 
 /// Architectures whose weights [`super::DiffusionLm`] can run: Dream/DiffuCoder are Qwen2
 /// blocks without the causal mask; a Qwen2 checkpoint is loaded as a bidirectional model.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["DreamModel", "Qwen2ForCausalLM", "Qwen2Model"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
+    "DreamModel",
+    "Qwen2ForCausalLM",
+    "Qwen2Model",
+    "LLaDAModelLM",
+];
 
 /// Hyper-parameters of the masked-diffusion transformer. Field names are exactly those of the
 /// HF `config.json`, so a real DiffuCoder/Dream directory deserialises as is.
@@ -64,6 +73,12 @@ pub struct ModelConfig {
     /// Sliding-window attention is not part of Dream; `true` is rejected.
     #[serde(default)]
     pub use_sliding_window: bool,
+    /// The model family (from `model_type`); not an HF key of Dream's config.
+    #[serde(skip)]
+    pub family: ModelFamily,
+    /// A LLaDA config as read, so that saving writes LLaDA's keys back (its other keys kept).
+    #[serde(skip)]
+    pub llada: Option<LladaConfig>,
 }
 
 /// `rope_parameters` / `rope_scaling` as HF writes them.
@@ -108,6 +123,8 @@ pub const PRESETS: &[&str] = &[
     "small-qwen-vocab",
     "qwen2.5-0.5b",
     "diffucoder-7b",
+    "llada-tiny",
+    "llada-8b",
 ];
 
 impl ModelConfig {
@@ -123,11 +140,20 @@ impl ModelConfig {
         let shown = path
             .map(Path::to_path_buf)
             .unwrap_or_else(|| "config.json".into());
-        let mut config: ModelConfig = serde_json::from_str(text).map_err(|e| Error::Json {
+        let json_error = |e: serde_json::Error| Error::Json {
             path: shown.clone(),
             line: Some(e.line()),
             message: e.to_string(),
-        })?;
+        };
+        let doc: serde_json::Value = serde_json::from_str(text).map_err(json_error)?;
+        if is_llada(&doc) {
+            let llada: LladaConfig = serde_json::from_value(doc).map_err(json_error)?;
+            llada.validate(&shown)?;
+            let config = llada.to_model_config();
+            config.validate(Some(&shown))?;
+            return Ok(config);
+        }
+        let mut config: ModelConfig = serde_json::from_value(doc).map_err(json_error)?;
         if let Some(theta) = config.rope_parameters.as_ref().and_then(|r| r.rope_theta) {
             config.rope_theta = theta;
         }
@@ -135,10 +161,16 @@ impl ModelConfig {
         Ok(config)
     }
 
-    /// Write `config.json` (pretty, HF field names).
+    /// Write `config.json` (pretty; HF field names, or LLaDA's for a LLaDA model).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let text = serde_json::to_string_pretty(self).expect("config serialises");
+        let text = match self.family {
+            ModelFamily::Dream => serde_json::to_string_pretty(self),
+            ModelFamily::Llada => {
+                serde_json::to_string_pretty(&LladaConfig::from_model_config(self))
+            }
+        }
+        .expect("config serialises");
         crate::util::write_atomic(path, text.as_bytes())
     }
 
@@ -176,6 +208,8 @@ impl ModelConfig {
             rope_parameters: None,
             rope_scaling: None,
             use_sliding_window: false,
+            family: ModelFamily::Dream,
+            llada: None,
         };
         let config = match name {
             "tiny" => {
@@ -215,6 +249,48 @@ impl ModelConfig {
                 c.torch_dtype = Some("bfloat16".into());
                 c
             }
+            // LLaDA-8B-Instruct's shape and token ids (its config.json), and a tiny LLaDA with
+            // the byte-level test vocabulary.
+            "llada-8b" => {
+                let mut c = LladaConfig::from_model_config(&base(1, 1, 1, 1, 1, 1));
+                c.d_model = 4096;
+                c.n_heads = 32;
+                c.n_kv_heads = Some(32);
+                c.n_layers = 32;
+                c.mlp_hidden_size = Some(12_288);
+                c.vocab_size = 126_464;
+                c.embedding_size = Some(126_464);
+                c.rope_theta = 500_000.0;
+                c.rms_norm_eps = 1e-5;
+                c.weight_tying = false;
+                c.mask_token_id = Some(super::llada_config::LLADA_MASK_TOKEN);
+                c.pad_token_id = Some(126_081);
+                c.eos_token_id = Some(126_081);
+                c.max_sequence_length = 4096;
+                let mut m = c.to_model_config();
+                m.torch_dtype = Some("bfloat16".into());
+                m
+            }
+            "llada-tiny" => {
+                let mut c = LladaConfig::from_model_config(&base(1, 1, 1, 1, 1, 1));
+                c.d_model = 64;
+                c.n_heads = 4;
+                c.n_kv_heads = Some(2);
+                c.n_layers = 2;
+                c.mlp_hidden_size = Some(176);
+                c.vocab_size = 512;
+                c.embedding_size = Some(512);
+                c.rope_theta = 10_000.0;
+                c.weight_tying = false;
+                c.mask_token_id = Some(3);
+                c.pad_token_id = Some(4);
+                c.eos_token_id = Some(0);
+                c.max_sequence_length = 4096;
+                let mut m = c.to_model_config();
+                m.bos_token_id = Some(0);
+                m.torch_dtype = Some("float32".into());
+                m
+            }
             other => {
                 return Err(Error::invalid(
                     "preset",
@@ -249,7 +325,12 @@ impl ModelConfig {
     pub fn num_parameters(&self) -> usize {
         let (d, f, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
         let kv = self.kv_heads() * self.head_dim();
-        let attn = d * d + d + 2 * (d * kv + kv) + d * d;
+        let biases = if self.family.qkv_bias() {
+            d + 2 * kv
+        } else {
+            0
+        };
+        let attn = d * d + 2 * d * kv + d * d + biases;
         let block = attn + 3 * d * f + 2 * d;
         let head = if self.tie_word_embeddings { 0 } else { v * d };
         v * d + self.num_hidden_layers * block + d + head

@@ -1,10 +1,12 @@
-//! The masked-diffusion transformer (Dream / DiffuCoder), its HF I/O, LoRA adapters (PEFT
-//! format) and its tokenizer.
+//! The masked-diffusion transformer (Dream / DiffuCoder and LLaDA, see [`family`]), its HF
+//! I/O, LoRA adapters (PEFT format) and its tokenizer.
 
 pub mod attention;
 pub mod block;
 pub mod config;
+pub mod family;
 pub mod linear;
+pub mod llada_config;
 pub mod lora;
 pub mod mlp;
 pub mod norm;
@@ -16,6 +18,8 @@ pub mod transformer;
 pub mod weights;
 
 pub use config::{ModelConfig, PRESETS};
+pub use family::ModelFamily;
+pub use llada_config::LladaConfig;
 pub use lora::{LoraAdapter, LoraConfig};
 pub use pretrained::{
     check_tokenizer, init_directory, load_pretrained, load_pretrained_with, load_tokenizer,

@@ -37,13 +37,11 @@ pub fn load_pretrained_with<B: Backend>(
     let config = ModelConfig::from_file(dir.join("config.json"))?;
     let mut source = SafetensorsSource::<B>::open_dir(dir, device, dtype)?;
     let model = DiffusionLm::from_source(&config, &mut source)?;
-    if config.tie_word_embeddings && source.contains("lm_head.weight") {
+    let head = config.family.checkpoint_key("lm_head.weight");
+    if config.tie_word_embeddings && source.contains(&head) {
         // Some exporters store the tied head anyway; it must match the embedding's shape.
-        let _: Tensor<B, 2> = source.tensor(
-            "lm_head.weight",
-            [config.vocab_size, config.hidden_size],
-            Init::Zeros,
-        )?;
+        let _: Tensor<B, 2> =
+            source.tensor(&head, [config.vocab_size, config.hidden_size], Init::Zeros)?;
     }
     source.finish()?;
     Ok(model)

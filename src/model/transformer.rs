@@ -10,7 +10,9 @@ use super::config::ModelConfig;
 use super::linear::Linear;
 use super::norm::RmsNorm;
 use super::rope::rope_tables;
-use super::weights::{DeviceRandomSource, Init, RandomSource, TensorSink, WeightSource};
+use super::weights::{
+    DeviceRandomSource, FamilyNames, Init, RandomSource, TensorSink, WeightSource,
+};
 use crate::Result;
 
 /// Blocked attention logits get this additive bias (finite so bf16/f32 softmax never sees NaN).
@@ -49,8 +51,14 @@ impl<B: Backend> DiffusionLm<B> {
         Self::from_source(config, &mut source).expect("a random source cannot fail")
     }
 
-    /// Build every parameter from `source` by HF key.
+    /// Build every parameter from `source` by HF key (the family's checkpoint names, see
+    /// [`super::family`]).
     pub fn from_source<S: WeightSource<B>>(config: &ModelConfig, source: &mut S) -> Result<Self> {
+        let mut source = FamilyNames {
+            inner: source,
+            family: config.family,
+        };
+        let source = &mut source;
         if crate::cpu::on_flex::<B>() {
             crate::cpu::alloc::retain_freed_memory();
         }
@@ -122,19 +130,22 @@ impl<B: Backend> DiffusionLm<B> {
     ) -> Tensor<B, 3> {
         let [b, s] = input_ids.dims();
         let device = input_ids.device();
+        let family = self.config.family;
+        let arange = || {
+            Tensor::<B, 1, Int>::arange(0..s as i64, &device)
+                .unsqueeze::<2>()
+                .expand([b, s])
+        };
         let (positions, bias) = match attention_mask {
-            Some(mask) => {
+            Some(mask) if family.positions_from_mask() => {
                 // Dream's sampler: position = cumsum(mask) - 1, pads get position 1.
                 let pos = mask.clone().cumsum(1) - 1;
                 let pos = pos.mask_fill(mask.clone().equal_elem(0), 1);
-                (pos, Some(padding_bias(mask)))
+                (pos, Some(padding_bias(mask, true)))
             }
-            None => (
-                Tensor::<B, 1, Int>::arange(0..s as i64, &device)
-                    .unsqueeze::<2>()
-                    .expand([b, s]),
-                None,
-            ),
+            // LLaDA: positions 0..L in every row, padded keys blocked.
+            Some(mask) => (arange(), Some(padding_bias(mask, false))),
+            None => (arange(), None),
         };
         let c = &self.config;
         let (heads, kv) = (c.num_attention_heads, c.kv_heads());
@@ -171,8 +182,13 @@ impl<B: Backend> DiffusionLm<B> {
         }
     }
 
-    /// Every parameter under its HF key and layout.
+    /// Every parameter under its checkpoint key (the family's names) and HF layout.
     pub fn to_sink(&self) -> TensorSink {
+        let family = self.config.family;
+        self.to_hf_sink().renamed(|k| family.checkpoint_key(k))
+    }
+
+    fn to_hf_sink(&self) -> TensorSink {
         let mut sink = TensorSink::default();
         sink.put("model.embed_tokens.weight", self.embed_tokens.val());
         for (i, layer) in self.layers.iter().enumerate() {
@@ -186,12 +202,13 @@ impl<B: Backend> DiffusionLm<B> {
     }
 }
 
-/// Additive attention bias for a left-padded batch: token i attends to j iff both are real
-/// tokens; a pad query attends to itself only (no all-blocked row, so no NaN).
+/// Additive attention bias for a left-padded batch: a real token attends to the real tokens;
+/// a pad query attends to itself only (`pad_self`, Dream) or to the real tokens (LLaDA, which
+/// blocks padded keys only). No row is all blocked, so no NaN.
 ///
 /// # Shapes
 /// - mask: `[batch, seq]` (1 = token) → `[batch, 1, seq, seq]` f32
-pub fn padding_bias<B: Backend>(mask: Tensor<B, 2, Int>) -> Tensor<B, 4> {
+pub fn padding_bias<B: Backend>(mask: Tensor<B, 2, Int>, pad_self: bool) -> Tensor<B, 4> {
     let [b, s] = mask.dims();
     if crate::cpu::on_flex::<B>() && s > 0 {
         // On the CPU the mask is already host memory; Burn's broadcast products below would
@@ -206,7 +223,11 @@ pub fn padding_bias<B: Backend>(mask: Tensor<B, 2, Int>) -> Tensor<B, 4> {
         for (m, out) in mask.chunks_exact(s).zip(bias.chunks_exact_mut(s * s)) {
             for (i, row) in out.chunks_exact_mut(s).enumerate() {
                 for (j, v) in row.iter_mut().enumerate() {
-                    if i != j && (m[i] == 0 || m[j] == 0) {
+                    let blocked = match pad_self {
+                        true => i != j && (m[i] == 0 || m[j] == 0),
+                        false => m[j] == 0,
+                    };
+                    if blocked {
                         *v = MASK_BIAS;
                     }
                 }
@@ -215,9 +236,15 @@ pub fn padding_bias<B: Backend>(mask: Tensor<B, 2, Int>) -> Tensor<B, 4> {
         return Tensor::from_data(TensorData::new(bias, [b, 1, s, s]), &device);
     }
     let valid = mask.float();
-    let pair = valid.clone().unsqueeze_dim::<3>(2) * valid.unsqueeze_dim::<3>(1); // [b, s, s]
-    let eye = Tensor::<B, 2>::eye(s, &pair.device()).unsqueeze::<3>();
-    let allowed = (pair + eye).clamp_max(1.0);
+    let keys = valid.clone().unsqueeze_dim::<3>(1).expand([b, s, s]); // [b, s, s]
+    let allowed = match pad_self {
+        true => {
+            let pair = valid.unsqueeze_dim::<3>(2) * keys;
+            let eye = Tensor::<B, 2>::eye(s, &pair.device()).unsqueeze::<3>();
+            (pair + eye).clamp_max(1.0)
+        }
+        false => keys,
+    };
     ((allowed - 1.0) * (-MASK_BIAS)).unsqueeze_dim::<4>(1)
 }
 
@@ -258,7 +285,7 @@ mod tests {
             TensorData::new(vec![0i64, 1, 1, 1, 1, 1], [2, 3]),
             &Default::default(),
         );
-        let bias = padding_bias(mask);
+        let bias = padding_bias(mask, true);
         assert_eq!(bias.dims(), [2, 1, 3, 3]);
         let bias: Vec<f32> = bias.into_data().into_vec().unwrap();
         let blocked = MASK_BIAS;

@@ -10,6 +10,7 @@ use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::family::ModelFamily;
 use crate::{Error, Result};
 
 /// How a parameter is initialised when no checkpoint provides it.
@@ -31,6 +32,26 @@ pub trait WeightSource<B: Backend> {
         shape: [usize; D],
         init: Init,
     ) -> Result<Tensor<B, D>>;
+}
+
+/// A source under a family's checkpoint names: the model layer asks by HF Qwen2 key and this
+/// asks `inner` by the family's name ([`ModelFamily::checkpoint_key`]), so errors name the
+/// key as the file has it.
+pub struct FamilyNames<'s, S> {
+    pub inner: &'s mut S,
+    pub family: ModelFamily,
+}
+
+impl<B: Backend, S: WeightSource<B>> WeightSource<B> for FamilyNames<'_, S> {
+    fn tensor<const D: usize>(
+        &mut self,
+        key: &str,
+        shape: [usize; D],
+        init: Init,
+    ) -> Result<Tensor<B, D>> {
+        self.inner
+            .tensor(&self.family.checkpoint_key(key), shape, init)
+    }
 }
 
 /// Random initialisation from a seeded host RNG: the same seed gives the same weights on
@@ -354,6 +375,17 @@ impl TensorSink {
             .into_vec::<f32>()
             .expect("f32 data after conversion");
         self.tensors.insert(key.into(), (shape, values));
+    }
+
+    /// Every key renamed by `rename` (a family's checkpoint names).
+    pub fn renamed(self, rename: impl Fn(&str) -> String) -> Self {
+        Self {
+            tensors: self
+                .tensors
+                .into_iter()
+                .map(|(k, v)| (rename(&k), v))
+                .collect(),
+        }
     }
 
     /// The recorded keys, sorted.

@@ -194,7 +194,8 @@ struct ChunkDecoder<'a, B: Backend> {
     reveal_conf: Tensor<B, 2>,
     /// `[1, K]` completion positions.
     positions: Tensor<B, 2, Int>,
-    /// `[rows, 1]` flat index of hidden row P−1 of each row in `[rows·L, H]`.
+    /// `[rows, 1]` flat index of the hidden row that scores completion token 0 (P − shift, the
+    /// model family's logit shift) of each row in `[rows·L, H]`.
     hidden_base: Tensor<B, 2, Int>,
     rngs: Vec<ChaCha8Rng>,
     /// Threshold and origin decoding: draws come from per-step windows (see [`Self::seek`]).
@@ -228,7 +229,7 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
         let l = (p + k) as i64;
         let hidden_base = Tensor::<B, 1, Int>::arange(0..rows as i64, &device)
             .mul_scalar(l)
-            .add_scalar(p as i64 - 1)
+            .add_scalar((p - model.config().family.logit_shift()) as i64)
             .unsqueeze_dim::<2>(1);
         let rngs = (0..rows)
             .map(|r| {
@@ -410,7 +411,7 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
         let hidden = self.model.forward_hidden(x, self.attention.clone());
         self.forward_passes += 1;
         let h = hidden.dims()[2];
-        // Dream's shift: hidden row P−1+j predicts completion token j.
+        // Hidden row P − shift + j predicts completion token j.
         let index = (cand.clone() + self.hidden_base.clone()).reshape([rows * m]);
         let picked = hidden.reshape([rows * l, h]).select(0, index);
         let logits = self

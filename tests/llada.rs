@@ -1,0 +1,269 @@
+//! LLaDA as a second model family: logit parity with LLaDA's own `modeling_llada.py` (fixtures
+//! from tests/fixtures/gen_llada.py; an MHA model with an untied head and a GQA one with a tied
+//! head), with a left-padded batch and without a mask, its checkpoint names and config keys
+//! written back on save, and config errors that name the field.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{DType, Int, Tensor, TensorData};
+use coupled_grpo::backend::Cpu;
+use coupled_grpo::model::{
+    load_pretrained_with, save_pretrained, DiffusionLm, ModelConfig, ModelFamily, SaveDtype,
+};
+use coupled_grpo::Error;
+use serde_json::Value;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/llada")
+        .join(name)
+}
+
+fn ints(v: &Value) -> (Vec<i64>, [usize; 2]) {
+    let rows: Vec<Vec<i64>> = serde_json::from_value(v.clone()).unwrap();
+    let shape = [rows.len(), rows[0].len()];
+    (rows.into_iter().flatten().collect(), shape)
+}
+
+fn tensor(v: &Value) -> Tensor<Cpu, 2, Int> {
+    let (data, shape) = ints(v);
+    Tensor::from_data(TensorData::new(data, shape), &Default::default())
+}
+
+/// Max |Δ| of our logits against the reference's, and the reference's largest |logit|, for
+/// the fixture's two cases.
+fn parity(model: &DiffusionLm<Cpu>, expected: &Value) -> Vec<(String, f32, f32)> {
+    let ids = &expected["input_ids"];
+    ["padded", "no_mask"]
+        .iter()
+        .map(|case| {
+            let c = &expected["cases"][case];
+            let mask = (*case == "padded").then(|| tensor(&c["attention_mask"]));
+            let ours: Vec<f32> = model
+                .forward(tensor(ids), mask)
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap();
+            let want: Vec<Vec<Vec<f32>>> = serde_json::from_value(c["logits"].clone()).unwrap();
+            let want: Vec<f32> = want.into_iter().flatten().flatten().collect();
+            assert_eq!(ours.len(), want.len(), "{case}: logits shape");
+            let diff = ours
+                .iter()
+                .zip(&want)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            (case.to_string(), diff, scale)
+        })
+        .collect()
+}
+
+#[test]
+fn logits_equal_llada_s_own_code_with_and_without_padding() {
+    for name in ["mha_untied", "gqa_tied"] {
+        let dir = fixture(name);
+        let model = load_pretrained_with::<Cpu>(&dir, &Default::default(), DType::F32).unwrap();
+        assert_eq!(model.config().family, ModelFamily::Llada);
+        assert_eq!(model.config().family.logit_shift(), 0);
+        let expected: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
+                .unwrap();
+        for (case, diff, scale) in parity(&model, &expected) {
+            eprintln!("{name} {case}: max |Δ| {diff:e} (logits up to {scale})");
+            assert!(
+                scale > 1.0,
+                "{name} {case}: the fixture's logits are not trivial"
+            );
+            assert!(diff <= 1e-4, "{name} {case}: max |Δ| {diff}");
+        }
+    }
+}
+
+#[test]
+fn a_saved_llada_model_keeps_its_names_and_config_keys() {
+    let src = fixture("gqa_tied");
+    let model = load_pretrained_with::<Cpu>(&src, &Default::default(), DType::F32).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    save_pretrained(&model, out.path(), SaveDtype::F32).unwrap();
+
+    let keys = |dir: &Path| {
+        let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+        names.sort();
+        names
+    };
+    assert_eq!(keys(out.path()), keys(&src));
+    assert!(keys(out.path()).contains(&"model.transformer.blocks.1.attn_out.weight".into()));
+
+    let read = |dir: &Path| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap()
+    };
+    let (ours, theirs) = (read(out.path()), read(&src));
+    for key in [
+        "model_type",
+        "architectures",
+        "d_model",
+        "n_heads",
+        "n_kv_heads",
+        "n_layers",
+        "mlp_hidden_size",
+        "vocab_size",
+        "embedding_size",
+        "weight_tying",
+        "rope_theta",
+        "mask_token_id",
+        "block_type",
+        "auto_map",
+    ] {
+        assert_eq!(ours[key], theirs[key], "{key}");
+    }
+    let again = load_pretrained_with::<Cpu>(out.path(), &Default::default(), DType::F32).unwrap();
+    let ids = Tensor::<Cpu, 2, Int>::from_data(
+        TensorData::new(vec![5i64, 17, 299, 42], [1, 4]),
+        &Default::default(),
+    );
+    assert_eq!(
+        again.forward(ids.clone(), None).into_data(),
+        model.forward(ids, None).into_data()
+    );
+}
+
+#[test]
+fn llada_configs_that_contradict_themselves_name_the_field() {
+    let base: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("mha_untied").join("config.json")).unwrap(),
+    )
+    .unwrap();
+    for (key, value, field) in [
+        ("n_heads", Value::from(5), "n_heads"),
+        ("n_kv_heads", Value::from(3), "n_kv_heads"),
+        ("mask_token_id", Value::from(300), "mask_token_id"),
+        ("embedding_size", Value::from(100), "embedding_size"),
+        ("block_type", Value::from("sequential"), "block_type"),
+        ("include_qkv_bias", Value::from(true), "include_qkv_bias"),
+        ("rope", Value::from(false), "rope"),
+    ] {
+        let mut doc = base.clone();
+        doc[key] = value;
+        match ModelConfig::from_json_str(&doc.to_string(), Some(Path::new("llada/config.json"))) {
+            Err(Error::Config {
+                field: f,
+                source_file,
+                ..
+            }) => {
+                assert_eq!(f, field, "{key}");
+                assert_eq!(source_file.unwrap(), Path::new("llada/config.json"));
+            }
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+    // An unknown family is refused by name.
+    let mut doc = base.clone();
+    doc["model_type"] = "mamba".into();
+    doc["architectures"] = serde_json::json!(["MambaForCausalLM"]);
+    assert!(matches!(
+        ModelConfig::from_json_str(&doc.to_string(), None),
+        Err(Error::UnsupportedArchitecture { .. }) | Err(Error::Json { .. })
+    ));
+}
+
+mod common;
+
+/// LLaDA has no logit shift: the full-mask estimator's score of completion token `j` is the
+/// log-softmax of the logits at position `P + j` (Dream would read `P + j − 1`).
+#[test]
+fn estimators_score_llada_without_the_shift() {
+    use coupled_grpo::estimator::{EstimatorConfig, EstimatorKind, LikelihoodEstimator};
+    use coupled_grpo::estimator::{MaskSeed, ScoreBatch};
+    let config = ModelConfig::preset("llada-tiny").unwrap();
+    assert_eq!(config.family, ModelFamily::Llada);
+    let model = DiffusionLm::<Cpu>::init_with(&config, &Default::default(), 2, DType::F32);
+    let mask = config.mask_token_id.unwrap();
+    let (prompt, completion) = (vec![10u32, 11, 12, 13], vec![20u32, 21, 22]);
+    let batch = ScoreBatch::new(
+        vec![prompt.clone()],
+        vec![vec![1; 4]],
+        vec![completion.clone()],
+    )
+    .unwrap();
+    let estimator = EstimatorConfig {
+        kind: EstimatorKind::FullMask,
+        ..Default::default()
+    }
+    .build()
+    .unwrap();
+    let ours: Vec<f32> = estimator
+        .score(&model, &batch, MaskSeed::new(0, 0, 0))
+        .unwrap()
+        .per_token
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let input: Vec<i64> = prompt
+        .iter()
+        .map(|&t| t as i64)
+        .chain(std::iter::repeat_n(mask as i64, 3))
+        .collect();
+    let logits = model.forward(
+        Tensor::from_data(TensorData::new(input, [1, 7]), &Default::default()),
+        None,
+    );
+    let lp = burn::tensor::activation::log_softmax(logits, 2);
+    for (j, &y) in completion.iter().enumerate() {
+        let want: f32 = lp
+            .clone()
+            .slice([0..1, 4 + j..5 + j, y as usize..y as usize + 1])
+            .into_scalar();
+        assert!(
+            (ours[j] - want).abs() < 1e-5,
+            "token {j}: {} vs {want}",
+            ours[j]
+        );
+    }
+}
+
+/// A tiny random LLaDA through the whole trainer: rollouts (no shift in the decoder), every
+/// estimator, the update and a checkpoint in LLaDA's names.
+#[test]
+fn the_trainer_runs_on_a_llada_model_with_every_estimator() {
+    use coupled_grpo::backend::CpuAutodiff;
+    use coupled_grpo::estimator::EstimatorKind;
+    use coupled_grpo::grpo::Trainer;
+    let config = ModelConfig::preset("llada-tiny").unwrap();
+    for kind in EstimatorKind::ALL {
+        let train = common::train_config(&[&format!("estimator.kind=\"{}\"", kind.name())]);
+        let model =
+            DiffusionLm::<CpuAutodiff>::init_with(&config, &Default::default(), 4, DType::F32);
+        let mut trainer = Trainer::from_parts(
+            train,
+            model,
+            coupled_grpo::model::byte_level_tokenizer().unwrap(),
+            common::tasks(),
+            common::letters_reward(),
+            Default::default(),
+        )
+        .unwrap();
+        let before = common::params(trainer.policy());
+        let stats = trainer.step().unwrap();
+        assert_eq!(stats.rows, 8);
+        assert!(
+            stats.loss.is_finite() && stats.grad_norm.is_finite(),
+            "{kind:?}"
+        );
+        assert!(stats.rollout_forward_passes > 0);
+        assert!(
+            common::params(trainer.policy()) != before,
+            "{kind:?}: no update"
+        );
+        if kind == EstimatorKind::Coupled {
+            let dir = tempfile::tempdir().unwrap();
+            let ckpt = trainer.save_checkpoint(dir.path()).unwrap();
+            let cfg: Value =
+                serde_json::from_str(&std::fs::read_to_string(ckpt.join("config.json")).unwrap())
+                    .unwrap();
+            assert_eq!(cfg["model_type"], "llada");
+            let back = load_pretrained_with::<Cpu>(&ckpt, &Default::default(), DType::F32).unwrap();
+            assert_eq!(back.config().family, ModelFamily::Llada);
+        }
+    }
+}
