@@ -261,7 +261,7 @@ fn score_variance(config: &TrainConfig, seeds: u64) -> Result<f64> {
     let prompts = tasks
         .iter()
         .take(config.grpo.prompts_per_step)
-        .map(|t| Evaluator::prompt(t, &style))
+        .map(|t| Evaluator::prompt(model.config().family, t, &style))
         .collect::<coupled_grpo::Result<Vec<_>>>()?;
     let batch = generate(&model, &tokenizer, &prompts, &config.rollout)?;
     let score_batch = ScoreBatch::new(

@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::data::prompt::{code_after_prefill, eval_user_message, user_message, SYSTEM_PROMPT};
 use crate::data::{Task, TaskSource};
 use crate::metrics::pass_at_k::mean_pass_at_k;
-use crate::model::{chat_prompt, DiffusionLm, Tokenizer};
+use crate::model::{DiffusionLm, ModelFamily, Tokenizer};
 use crate::reward::CodeReward;
 use crate::rollout::{generate, Alg, RolloutConfig};
 use crate::sandbox::{Limits, Pool, Program};
@@ -140,11 +140,13 @@ impl Evaluator {
         }
     }
 
-    /// The full prompt text of `task` in `config`'s style.
-    pub fn prompt(task: &Task, config: &EvalConfig) -> Result<String> {
+    /// The full prompt text of `task` in `config`'s style, in `family`'s chat template.
+    pub fn prompt(family: ModelFamily, task: &Task, config: &EvalConfig) -> Result<String> {
         Ok(match config.prompt_style {
-            PromptStyle::Training => chat_prompt(&config.system_prompt, &user_message(task), None),
-            PromptStyle::Benchmark => chat_prompt(
+            PromptStyle::Training => {
+                family.chat_prompt(&config.system_prompt, &user_message(task), None)
+            }
+            PromptStyle::Benchmark => family.chat_prompt(
                 &config.system_prompt,
                 &eval_user_message(task)?,
                 Some(crate::data::prompt::EVAL_ASSISTANT_PREFILL),
@@ -164,7 +166,7 @@ impl Evaluator {
         let t0 = Instant::now();
         let prompts = tasks
             .iter()
-            .map(|t| Self::prompt(t, config))
+            .map(|t| Self::prompt(model.config().family, t, config))
             .collect::<Result<Vec<_>>>()?;
         let mut rollout = config.rollout.clone();
         rollout.num_completions = config.samples_per_task;

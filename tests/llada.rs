@@ -267,3 +267,106 @@ fn the_trainer_runs_on_a_llada_model_with_every_estimator() {
         }
     }
 }
+
+/// LLaDA's sampler (d1's `generate`): semi-autoregressive blocks, each block's masked positions
+/// spread evenly over its steps (d1's `get_num_transfer_tokens`: 8 over 3 steps is 3, 3, 2),
+/// low-confidence or random remasking, at a temperature.
+#[test]
+fn llada_s_sampler_fills_blocks_left_to_right_with_even_counts() {
+    use coupled_grpo::model::{byte_level_tokenizer, chat_prompt};
+    use coupled_grpo::rollout::{generate, Alg, RolloutConfig};
+    let config = ModelConfig::preset("llada-tiny").unwrap();
+    let model = DiffusionLm::<Cpu>::init_with(&config, &Default::default(), 6, DType::F32);
+    let tok = byte_level_tokenizer().unwrap();
+    let prompts = vec![
+        chat_prompt("You are a helpful assistant.", "Write add(a, b).", None),
+        "x".to_string(),
+    ];
+    for alg in [Alg::LowConfidence, Alg::Random] {
+        let rc = RolloutConfig {
+            alg,
+            max_new_tokens: 16,
+            block_length: Some(8),
+            steps: 6,
+            temperature: 0.9,
+            top_p: None,
+            num_completions: 2,
+            record_trace: true,
+            ..RolloutConfig::default()
+        };
+        let a = generate(&model, &tok, &prompts, &rc).unwrap();
+        assert_eq!(a, generate(&model, &tok, &prompts, &rc).unwrap(), "{alg}");
+        for (t, ids) in a.traces.as_ref().unwrap().iter().zip(&a.completion_ids) {
+            assert_eq!(t.revealed_per_step(), vec![3, 3, 2, 3, 3, 2], "{alg}");
+            let blocks: Vec<usize> = t.flat_order().iter().map(|p| p / 8).collect();
+            assert!(
+                blocks.windows(2).all(|w| w[0] <= w[1]),
+                "{alg}: blocks in order"
+            );
+            assert!(ids.iter().all(|&x| x != tok.special().mask));
+        }
+    }
+}
+
+/// `examples/configs/d1_llada.toml` is d1's setting and passes validation.
+#[test]
+fn the_d1_llada_config_is_d1_s_setting() {
+    use coupled_grpo::estimator::EstimatorKind;
+    use coupled_grpo::grpo::TrainConfig;
+    use coupled_grpo::rollout::Alg;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/configs/d1_llada.toml");
+    let c = TrainConfig::load(&path, &[]).unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.rollout.alg, Alg::LowConfidence);
+    assert_eq!(c.rollout.block_length, Some(32));
+    assert_eq!((c.rollout.steps, c.rollout.max_new_tokens), (128, 256));
+    assert_eq!(c.estimator.kind, EstimatorKind::D1);
+    assert_eq!(c.estimator.prompt_mask_prob, 0.15);
+    assert_eq!(c.grpo.num_iterations, 12);
+    assert_eq!(c.lora.r, 128);
+}
+
+/// LoRA on LLaDA: the PEFT files name LLaDA's layers (`attn_out`, `ff_proj`, `ff_out` under
+/// `model.transformer.blocks`), and a checkpoint restores to the same adapters.
+#[test]
+fn llada_lora_checkpoints_use_llada_s_names_and_restore() {
+    use coupled_grpo::backend::CpuAutodiff;
+    use coupled_grpo::grpo::Trainer;
+    let config = ModelConfig::preset("llada-tiny").unwrap();
+    let train = common::train_config(&["lora.r=4", "lora.alpha=8.0", "optimizer.lr=1e-2"]);
+    let trainer = || {
+        Trainer::from_parts(
+            train.clone(),
+            DiffusionLm::<CpuAutodiff>::init_with(&config, &Default::default(), 4, DType::F32),
+            coupled_grpo::model::byte_level_tokenizer().unwrap(),
+            common::tasks(),
+            common::letters_reward(),
+            Default::default(),
+        )
+        .unwrap()
+    };
+    let mut first = trainer();
+    first.step().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = first.save_checkpoint(dir.path()).unwrap();
+    let bytes = std::fs::read(ckpt.join("adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    for want in [
+        "base_model.model.model.transformer.blocks.0.attn_out.lora_A.weight",
+        "base_model.model.model.transformer.blocks.1.ff_proj.lora_B.weight",
+        "base_model.model.model.transformer.blocks.1.ff_out.lora_A.weight",
+    ] {
+        assert!(names.contains(&want.to_string()), "{want} not in {names:?}");
+    }
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(ckpt.join("adapter_config.json")).unwrap())
+            .unwrap();
+    let targets: Vec<String> = serde_json::from_value(cfg["target_modules"].clone()).unwrap();
+    for t in ["attn_out", "ff_proj", "ff_out", "q_proj", "up_proj"] {
+        assert!(targets.contains(&t.to_string()), "{t} not in {targets:?}");
+    }
+    let mut resumed = trainer();
+    resumed.restore(&ckpt).unwrap();
+    assert!(common::params(resumed.policy()) == common::params(first.policy()));
+}

@@ -570,7 +570,7 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// Chat-formatted training prompt of a task.
     pub fn prompt_for(&self, task: &Task) -> String {
-        model::chat_prompt(
+        self.policy().config().family.chat_prompt(
             &self.config.data.system_prompt,
             &data::prompt::user_message(task),
             None,

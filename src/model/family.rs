@@ -21,6 +21,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::tokenizer::{chat_prompt, SpecialTokenConfig};
+
 /// The family of a model, from its `config.json` (`model_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -65,6 +67,76 @@ impl ModelFamily {
     /// (LLaDA masks padded keys only).
     pub fn pad_queries_attend_themselves(self) -> bool {
         self == ModelFamily::Dream
+    }
+
+    /// The family's chat template (as its tokenizer config writes it), ending where the
+    /// assistant's answer starts, then `assistant_prefill`.
+    ///
+    /// LLaDA-8B-Instruct: `<|startoftext|>` before the first message, each message
+    /// `<|start_header_id|>ROLE<|end_header_id|>\n\n` + trimmed content + `<|eot_id|>`, then
+    /// the assistant header. An empty system prompt is left out.
+    pub fn chat_prompt(self, system: &str, user: &str, assistant_prefill: Option<&str>) -> String {
+        if self == ModelFamily::Dream {
+            return chat_prompt(system, user, assistant_prefill);
+        }
+        let message = |role: &str, content: &str| {
+            format!(
+                "<|start_header_id|>{role}<|end_header_id|>\n\n{}<|eot_id|>",
+                content.trim()
+            )
+        };
+        let mut s = String::from("<|startoftext|>");
+        if !system.trim().is_empty() {
+            s.push_str(&message("system", system));
+        }
+        s.push_str(&message("user", user));
+        s.push_str("<|start_header_id|>assistant<|end_header_id|>\n\n");
+        if let Some(prefill) = assistant_prefill {
+            s.push_str(prefill);
+        }
+        s
+    }
+
+    /// The special tokens of the family's released tokenizer: mask, pad, end of turn (the
+    /// trainer's `im_end`), start of turn and end of text.
+    pub fn special_tokens(self) -> SpecialTokenConfig {
+        match self {
+            ModelFamily::Dream => SpecialTokenConfig::default(),
+            ModelFamily::Llada => SpecialTokenConfig {
+                mask: ("<|mdm_mask|>".into(), 126_336),
+                pad: ("<|endoftext|>".into(), 126_081),
+                im_end: ("<|eot_id|>".into(), 126_348),
+                im_start: ("<|start_header_id|>".into(), 126_346),
+                eos: ("<|endoftext|>".into(), 126_081),
+            },
+        }
+    }
+
+    /// A linear layer's path in the family's checkpoints (`model.layers.0.mlp.down_proj` is
+    /// LLaDA's `model.transformer.blocks.0.ff_out`), for PEFT adapter keys.
+    pub fn module_path(self, path: &str) -> String {
+        let key = self.checkpoint_key(&format!("{path}.weight"));
+        key.strip_suffix(".weight").unwrap_or(&key).to_string()
+    }
+
+    /// A block linear's name in the family's checkpoints (PEFT's `target_modules`).
+    pub fn module_name(self, name: &str) -> String {
+        match (self, name) {
+            (ModelFamily::Llada, "o_proj") => "attn_out".into(),
+            (ModelFamily::Llada, "gate_proj") => "ff_proj".into(),
+            (ModelFamily::Llada, "down_proj") => "ff_out".into(),
+            _ => name.into(),
+        }
+    }
+
+    /// The model layer's name of a block linear the family's checkpoints name `name`.
+    pub fn internal_module_name(self, name: &str) -> String {
+        match (self, name) {
+            (ModelFamily::Llada, "attn_out") => "o_proj".into(),
+            (ModelFamily::Llada, "ff_proj") => "gate_proj".into(),
+            (ModelFamily::Llada, "ff_out") => "down_proj".into(),
+            _ => name.into(),
+        }
     }
 
     /// The checkpoint's name of a parameter the model layer names by its HF Qwen2 key
@@ -135,5 +207,30 @@ mod tests {
         }
         assert_eq!(l.logit_shift(), 0);
         assert_eq!(ModelFamily::Dream.logit_shift(), 1);
+    }
+
+    /// The string LLaDA-8B-Instruct's `chat_template` renders for a system and a user message
+    /// (tokenizer_config.json: bos before the first message, contents trimmed, and the
+    /// assistant header always appended).
+    #[test]
+    fn llada_chat_prompt_is_llada_s_template() {
+        let want =
+            "<|startoftext|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>\
+                    <|start_header_id|>user<|end_header_id|>\n\nWrite add(a, b).<|eot_id|>\
+                    <|start_header_id|>assistant<|end_header_id|>\n\n";
+        assert_eq!(
+            ModelFamily::Llada.chat_prompt("Be brief.", " Write add(a, b).\n", None),
+            want
+        );
+        let no_system = "<|startoftext|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>\
+                         <|start_header_id|>assistant<|end_header_id|>\n\n```python\n";
+        assert_eq!(
+            ModelFamily::Llada.chat_prompt("", "hi", Some("```python\n")),
+            no_system
+        );
+        let t = ModelFamily::Llada.special_tokens();
+        assert_eq!(t.mask, ("<|mdm_mask|>".to_string(), 126_336));
+        assert_eq!(t.eos, ("<|endoftext|>".to_string(), 126_081));
+        assert_eq!(t.im_end, ("<|eot_id|>".to_string(), 126_348));
     }
 }

@@ -20,6 +20,7 @@ use burn::module::Module;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
+use super::family::ModelFamily;
 use super::lora::{self, LoraAdapter, LoraConfig, DEFAULT_TARGET_MODULES};
 use super::transformer::DiffusionLm;
 use super::weights::{decode_f32, SaveDtype, TensorSink};
@@ -174,7 +175,13 @@ impl AdapterConfig {
             }
         }
         self.layers()?;
-        lora::check_target_modules(&self.targets()?).map_err(|m| ("target_modules", m))
+        // LLaDA's checkpoints name some layers differently (`attn_out` is `o_proj`).
+        let internal: Vec<String> = self
+            .targets()?
+            .iter()
+            .map(|t| ModelFamily::Llada.internal_module_name(t))
+            .collect();
+        lora::check_target_modules(&internal).map_err(|m| ("target_modules", m))
     }
 
     /// The targeted module names.
@@ -282,12 +289,14 @@ pub fn save_adapter<B: Backend>(
     base: Option<String>,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    // Keys and target names as the family's checkpoints name the layers (LLaDA: attn_out, …).
+    let family = model.config().family;
     let mut sink = TensorSink::default();
     for (path, linear) in lora::linears(model) {
         if let Some(adapter) = &linear.lora {
             let (a, b) = adapter.peft_tensors();
-            sink.put(peft_key(&path, "A"), a);
-            sink.put(peft_key(&path, "B"), b);
+            sink.put(peft_key(&family.module_path(&path), "A"), a);
+            sink.put(peft_key(&family.module_path(&path), "B"), b);
         }
     }
     if sink.keys().next().is_none() {
@@ -295,7 +304,13 @@ pub fn save_adapter<B: Backend>(
     }
     let bytes = sink.to_bytes(SaveDtype::F32)?;
     crate::util::write_atomic(&dir.join(ADAPTER_WEIGHTS_FILE), &bytes)?;
-    let config = AdapterConfig::from_lora(lora, base);
+    let mut config = AdapterConfig::from_lora(lora, base);
+    config.target_modules = TargetModules::List(
+        lora.target_modules
+            .iter()
+            .map(|t| family.module_name(t))
+            .collect(),
+    );
     let text = serde_json::to_string_pretty(&config).expect("adapter config serialises");
     crate::util::write_atomic(&dir.join(ADAPTER_CONFIG_FILE), text.as_bytes())
 }
@@ -379,11 +394,19 @@ pub fn load_adapter<B: Backend>(
     model: DiffusionLm<B>,
     dir: &Path,
 ) -> Result<(DiffusionLm<B>, AdapterConfig)> {
-    let config = AdapterConfig::load(dir)?;
+    let mut config = AdapterConfig::load(dir)?;
     if lora::has_adapters(&model) {
         return Err(Error::invalid("model", "already carries LoRA adapters"));
     }
-    let targets = config.targets().unwrap_or_default();
+    // From here on, the model layer's names (the returned config too).
+    let family = model.config().family;
+    let targets: Vec<String> = config
+        .targets()
+        .unwrap_or_default()
+        .iter()
+        .map(|t| family.internal_module_name(t))
+        .collect();
+    config.target_modules = TargetModules::List(targets.clone());
     let layers = config.layers().unwrap_or_default();
     let lora_cfg = config.to_lora();
     let mut file = AdapterFile::open(dir)?;
@@ -402,8 +425,8 @@ pub fn load_adapter<B: Backend>(
         matched.insert(name.to_string());
         let [d_in, d_out] = linear.weight.val().dims();
         let r = config.r;
-        let a = file.take(&peft_key(&path, "A"), [r, d_in])?;
-        let b = file.take(&peft_key(&path, "B"), [d_out, r])?;
+        let a = file.take(&peft_key(&family.module_path(&path), "A"), [r, d_in])?;
+        let b = file.take(&peft_key(&family.module_path(&path), "B"), [d_out, r])?;
         linear.lora = Some(LoraAdapter::from_peft(
             a,
             b,

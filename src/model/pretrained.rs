@@ -94,8 +94,10 @@ pub fn load_tokenizer(dir: impl AsRef<Path>, config: &ModelConfig) -> Result<Tok
             ),
         ));
     }
-    // Special tokens resolve by content; DiffuCoder's ids are only used to install missing ones.
-    let tokenizer = Tokenizer::from_file(&path)?;
+    // Special tokens resolve by content; the family's ids are only used to install missing
+    // ones. A small test vocabulary (the byte-level tokenizer) has DiffuCoder's names.
+    let tokenizer = Tokenizer::from_file_with(&path, &config.family.special_tokens())
+        .or_else(|_| Tokenizer::from_file(&path))?;
     check_tokenizer(&tokenizer, config, &path)?;
     Ok(tokenizer)
 }

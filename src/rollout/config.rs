@@ -20,11 +20,24 @@ pub enum Alg {
     /// Lowest entropy first (confidence = Σ p·log p); DiffuCoder's RL and evaluation setting.
     #[default]
     Entropy,
+    /// LLaDA / d1 `low_confidence` remasking: tokens sampled at the temperature (Gumbel-max),
+    /// positions ranked by the untempered probability of the sampled token, and each block's
+    /// masked positions spread evenly over its steps (d1's `get_num_transfer_tokens`).
+    LowConfidence,
+    /// LLaDA / d1 `random` remasking: as `low_confidence`, positions chosen at random.
+    Random,
 }
 
 impl Alg {
     /// Every variant, in the order the CLI lists them.
-    pub const ALL: [Alg; 4] = [Alg::Origin, Alg::MaskgitPlus, Alg::TopkMargin, Alg::Entropy];
+    pub const ALL: [Alg; 6] = [
+        Alg::Origin,
+        Alg::MaskgitPlus,
+        Alg::TopkMargin,
+        Alg::Entropy,
+        Alg::LowConfidence,
+        Alg::Random,
+    ];
 
     /// Dream's name for the algorithm.
     pub fn name(self) -> &'static str {
@@ -33,7 +46,14 @@ impl Alg {
             Alg::MaskgitPlus => "maskgit_plus",
             Alg::TopkMargin => "topk_margin",
             Alg::Entropy => "entropy",
+            Alg::LowConfidence => "low_confidence",
+            Alg::Random => "random",
         }
+    }
+
+    /// LLaDA's even per-block transfer counts instead of Dream's reveal schedule.
+    pub fn even_transfer(self) -> bool {
+        matches!(self, Alg::LowConfidence | Alg::Random)
     }
 }
 

@@ -19,7 +19,7 @@ use super::config::{Alg, RolloutConfig};
 use super::sampling::{
     gumbel_scores, open_uniform, sample_tokens, top_k_per_row, Confidence, SampleParams,
 };
-use super::schedule::{timesteps, transfer_count, transfer_probability};
+use super::schedule::{even_transfer_count, timesteps, transfer_count, transfer_probability};
 use super::trace::DecodeTrace;
 use crate::model::DiffusionLm;
 use crate::{Error, Result};
@@ -164,6 +164,7 @@ enum Draw {
     Coins = 0,
     Sample = 1,
     Gumbel = 2,
+    Remask = 3,
 }
 
 /// How many of a step's candidates each row reveals.
@@ -286,8 +287,12 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
     fn run_schedule_block(&mut self, lo: usize, hi: usize, ts: &[f32]) -> Result<()> {
         let steps = ts.len() - 1;
         let mut left = hi - lo;
+        let block = hi - lo;
         for i in 0..steps {
-            let n = transfer_count(left, ts[i], ts[i + 1], i + 1 == steps);
+            let n = match self.config.alg.even_transfer() {
+                true => even_transfer_count(block, steps, i).min(left),
+                false => transfer_count(left, ts[i], ts[i + 1], i + 1 == steps),
+            };
             if n > 0 {
                 // Exactly `left` candidates per row, all valid.
                 let (cand, _) = self.candidates(lo, hi, left);
@@ -443,7 +448,17 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
                 .clone()
                 .unwrap_or_else(|| Tensor::<B, 2, Int>::ones([rows, m], &self.device).bool()),
             Rule::Count(n) => {
-                let scores = if self.config.alg_temp > 0.0 {
+                let scores = if self.config.alg == Alg::Random {
+                    // LLaDA's `random` remasking: positions in a random order.
+                    self.uniforms(m, Draw::Remask, |rng| rng.random::<f32>())
+                        .mask_fill(
+                            valid.clone().map_or_else(
+                                || Tensor::<B, 2, Int>::zeros([rows, m], &self.device).bool(),
+                                |v| v.bool_not(),
+                            ),
+                            f32::NEG_INFINITY,
+                        )
+                } else if self.config.alg_temp > 0.0 {
                     gumbel_scores(
                         ranked,
                         self.uniforms(m, Draw::Gumbel, open_uniform),
@@ -510,7 +525,7 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
         }
         // At most K draws per purpose and step, of at most two 32-bit words each.
         let window = 2 * self.k as u128;
-        let pos = (self.steps_taken as u128 * 3 + purpose as u128) * window;
+        let pos = (self.steps_taken as u128 * 4 + purpose as u128) * window;
         for rng in &mut self.rngs {
             rng.set_word_pos(pos);
         }

@@ -158,6 +158,11 @@ fn sample_row(row: &[f32], u: Option<f32>, params: &SampleParams, s: &mut Scratc
                 .sum();
             dot - z.ln()
         }
+        Confidence::RawProbability => {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let z: f32 = row.iter().map(|&x| (x - max).exp()).sum();
+            (row[token as usize] - max).exp() / z
+        }
     };
     (confidence, token)
 }

@@ -21,15 +21,19 @@ pub enum Confidence {
     Margin,
     /// `Σ p·log(p + 1e-10)`, the negative entropy (`entropy`).
     NegEntropy,
+    /// Probability of the chosen token under the untempered, unfiltered softmax of the logits
+    /// (LLaDA's `low_confidence`).
+    RawProbability,
 }
 
 impl Confidence {
     /// The confidence an algorithm ranks by (`origin` records the token probability).
     pub fn for_alg(alg: Alg) -> Self {
         match alg {
-            Alg::Origin | Alg::MaskgitPlus => Confidence::Probability,
+            Alg::Origin | Alg::MaskgitPlus | Alg::Random => Confidence::Probability,
             Alg::TopkMargin => Confidence::Margin,
             Alg::Entropy => Confidence::NegEntropy,
+            Alg::LowConfidence => Confidence::RawProbability,
         }
     }
 }
@@ -174,6 +178,7 @@ fn sample_on_device<B: Backend>(
     params: &SampleParams,
 ) -> Result<Sampled<B>> {
     let [rows, vocab] = logits.dims();
+    let raw = (params.confidence == Confidence::RawProbability).then(|| logits.clone());
     let logits = if params.temperature > 0.0 {
         logits.div_scalar(params.temperature)
     } else {
@@ -255,6 +260,9 @@ fn sample_on_device<B: Backend>(
             }
         }
         Confidence::NegEntropy => (probs.clone() * probs.add_scalar(1e-10).log()).sum_dim(1),
+        Confidence::RawProbability => {
+            softmax(raw.expect("kept above"), 1).gather(1, tokens.clone())
+        }
     };
     Ok(Sampled { confidence, tokens })
 }
@@ -409,6 +417,8 @@ mod tests {
                     Confidence::NegEntropy,
                     p.iter().map(|&q| q * (q + 1e-10).ln()).sum(),
                 ),
+                // Temperature 0 changes nothing: the untempered softmax is p.
+                (Confidence::RawProbability, p[1]),
             ] {
                 let s = sample(t2(&[&logits]), None, &params(0.0, None, None, mode)).unwrap();
                 assert_eq!(ints(s.tokens), vec![1], "{name}");
@@ -582,6 +592,7 @@ mod tests {
                     Confidence::Probability,
                     Confidence::Margin,
                     Confidence::NegEntropy,
+                    Confidence::RawProbability,
                 ] {
                     let p = SampleParams {
                         banned_token: Some(7),

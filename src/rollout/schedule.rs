@@ -44,6 +44,13 @@ pub fn transfer_count(n_masked: usize, t: f32, s: f32, last: bool) -> usize {
     (n_masked as f32 * fraction).max(0.0) as usize
 }
 
+/// LLaDA's `get_num_transfer_tokens`: `n_masked` positions over `steps` steps, `n / steps`
+/// each and one more in the first `n % steps` steps.
+pub fn even_transfer_count(n_masked: usize, steps: usize, step: usize) -> usize {
+    let steps = steps.max(1);
+    n_masked / steps + usize::from(step < n_masked % steps)
+}
+
 /// `origin`'s per-position reveal probability at step `i`: `1 − s/t`, or 1 on the last step.
 pub fn transfer_probability(ts: &[f32], i: usize) -> f32 {
     if i + 2 >= ts.len() {

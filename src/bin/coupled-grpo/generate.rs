@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use burn::tensor::{backend::Backend, DType};
 use clap::ArgGroup;
 use coupled_grpo::data::{self, prompt as templates, OnError, Task};
-use coupled_grpo::model::{self, chat_prompt, ModelConfig, DEFAULT_SYSTEM_PROMPT};
+use coupled_grpo::model::{self, ModelConfig, ModelFamily, DEFAULT_SYSTEM_PROMPT};
 use coupled_grpo::rollout::{self, Alg, RolloutConfig};
 use serde::Serialize;
 
@@ -123,11 +123,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 fn run_on<B: Backend>(args: &Args, device: B::Device) -> anyhow::Result<()> {
     let config = rollout_config(args);
     config.validate()?;
-    let jobs = jobs(args)?;
+    let model_config = ModelConfig::from_file(args.model.join("config.json"))?;
+    let jobs = jobs(args, model_config.family)?;
     if jobs.is_empty() {
         bail!("no prompts to generate for");
     }
-    let model_config = ModelConfig::from_file(args.model.join("config.json"))?;
     let tokenizer = model::load_tokenizer(&args.model, &model_config)?;
     let dtype = if args.dtype == "bf16" {
         DType::BF16
@@ -209,7 +209,9 @@ fn rollout_config(args: &Args) -> RolloutConfig {
     }
 }
 
-fn jobs(args: &Args) -> anyhow::Result<Vec<Job>> {
+fn jobs(args: &Args, family: ModelFamily) -> anyhow::Result<Vec<Job>> {
+    let chat_prompt =
+        |system: &str, user: &str, prefill: Option<&str>| family.chat_prompt(system, user, prefill);
     let wrap = |user: &str| {
         if args.raw {
             user.to_string()
