@@ -370,3 +370,86 @@ fn llada_lora_checkpoints_use_llada_s_names_and_restore() {
     resumed.restore(&ckpt).unwrap();
     assert!(common::params(resumed.policy()) == common::params(first.policy()));
 }
+
+/// Classifier-free guidance: the first step's logits are `uncond + (cfg + 1)(cond − uncond)`,
+/// `uncond` scoring the sequence with the whole prompt masked. At temperature 0 the first
+/// revealed token is the argmax of those logits at the most confident position, and the trace
+/// records its probability under them.
+#[test]
+fn guidance_mixes_the_prompted_and_the_prompt_masked_logits() {
+    use burn::tensor::activation::softmax;
+    use coupled_grpo::model::byte_level_tokenizer;
+    use coupled_grpo::rollout::{generate, Alg, RolloutConfig};
+    let config = ModelConfig::preset("llada-tiny").unwrap();
+    let model = DiffusionLm::<Cpu>::init_with(&config, &Default::default(), 9, DType::F32);
+    let tok = byte_level_tokenizer().unwrap();
+    let mask = config.mask_token_id.unwrap() as i64;
+    let (k, cfg) = (4usize, 1.5f32);
+    let rc = RolloutConfig {
+        alg: Alg::LowConfidence,
+        max_new_tokens: k,
+        steps: k,
+        temperature: 0.0,
+        top_p: None,
+        num_completions: 1,
+        cfg_scale: cfg,
+        record_trace: true,
+        ..RolloutConfig::default()
+    };
+    let prompt = "def add(a, b):".to_string();
+    let out = generate(&model, &tok, std::slice::from_ref(&prompt), &rc).unwrap();
+    let plain = generate(
+        &model,
+        &tok,
+        std::slice::from_ref(&prompt),
+        &RolloutConfig {
+            cfg_scale: 0.0,
+            ..rc.clone()
+        },
+    )
+    .unwrap();
+    assert_ne!(out.traces, plain.traces, "guidance changes the decode");
+
+    let ids: Vec<i64> = tok
+        .encode(&prompt)
+        .unwrap()
+        .iter()
+        .map(|&t| t as i64)
+        .collect();
+    let p = ids.len();
+    let row = |prompt: Vec<i64>| {
+        let x: Vec<i64> = prompt
+            .into_iter()
+            .chain(std::iter::repeat_n(mask, k))
+            .collect();
+        let logits = model.forward(
+            Tensor::from_data(TensorData::new(x, [1, p + k]), &Default::default()),
+            None,
+        );
+        logits
+            .slice([0..1, p..p + k, 0..config.vocab_size])
+            .reshape([k, config.vocab_size])
+    };
+    let (cond, uncond) = (row(ids.clone()), row(vec![mask; p]));
+    let mixed = uncond.clone() + (cond - uncond).mul_scalar(cfg + 1.0);
+    // The mask token is never sampled.
+    let cols = Tensor::<Cpu, 1, Int>::arange(0..config.vocab_size as i64, &Default::default());
+    let banned = cols
+        .equal_elem(mask)
+        .unsqueeze::<2>()
+        .expand([k, config.vocab_size]);
+    let probs = softmax(mixed.clone(), 1);
+    let (_, token) = mixed.mask_fill(banned, f32::MIN).max_dim_with_indices(1);
+    let token: Vec<i64> = token.into_data().convert::<i64>().to_vec().unwrap();
+    let trace = &out.traces.as_ref().unwrap()[0];
+    let pos = trace.order[0][0];
+    assert_eq!(out.completion_ids[0][pos] as i64, token[pos]);
+    let want: f32 = probs
+        .slice([pos..pos + 1, token[pos] as usize..token[pos] as usize + 1])
+        .into_scalar();
+    assert!(
+        (trace.confidence[0][0] - want).abs() < 1e-5,
+        "{} vs {want}",
+        trace.confidence[0][0]
+    );
+}

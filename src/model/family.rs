@@ -14,6 +14,8 @@
 //! | checkpoint names ([`ModelFamily::checkpoint_key`]) | HF Qwen2 | `model.transformer.*` |
 //! | `config.json` | HF Qwen2 keys | LLaDA's own keys (`d_model`, `n_heads`, …) |
 //! | mask token | `<\|mask\|>` 151666 | `<\|mdm_mask\|>` 126336 |
+//! | chat template ([`ModelFamily::chat_prompt`]) | Qwen's `<\|im_start\|>` | `<\|start_header_id\|>` … `<\|eot_id\|>` |
+//! | default sampler ([`ModelFamily::default_sampler`]) | `entropy`, full diffusion | `low_confidence`, blocks of 32 |
 //!
 //! A third family (a block-diffusion model, say) adds a variant here, its config keys in
 //! `config.rs` and its names in [`ModelFamily::checkpoint_key`]; estimators and rollouts read
@@ -22,6 +24,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::tokenizer::{chat_prompt, SpecialTokenConfig};
+use crate::rollout::Alg;
 
 /// The family of a model, from its `config.json` (`model_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -136,6 +139,17 @@ impl ModelFamily {
             (ModelFamily::Llada, "ff_proj") => "gate_proj".into(),
             (ModelFamily::Llada, "ff_out") => "down_proj".into(),
             _ => name.into(),
+        }
+    }
+
+    /// The family's sampler: Dream's full-diffusion decoding ordered by entropy (DiffuCoder's
+    /// setting), or LLaDA's semi-autoregressive blocks of 32 with low-confidence remasking (its
+    /// `generate.py` and d1's). Any family can run either; this is what a caller gets without
+    /// naming one.
+    pub fn default_sampler(self) -> (Alg, Option<usize>) {
+        match self {
+            ModelFamily::Dream => (Alg::Entropy, None),
+            ModelFamily::Llada => (Alg::LowConfidence, Some(32)),
         }
     }
 

@@ -97,6 +97,10 @@ pub struct RolloutConfig {
     /// 0 = deterministic per-row top-k of confidence; > 0 = positions sampled without
     /// replacement from softmax(confidence / alg_temp).
     pub alg_temp: f32,
+    /// Classifier-free guidance (LLaDA's `cfg_scale`): 0 = off; otherwise every step also
+    /// scores the sequence with the whole prompt masked, and the logits are
+    /// `uncond + (cfg_scale + 1) · (cond − uncond)`.
+    pub cfg_scale: f32,
     /// Final timestep of `linspace(1, eps, steps + 1)`.
     pub eps: f32,
     /// Seed of the dedicated sampler RNG (row r uses ChaCha stream r).
@@ -131,6 +135,7 @@ impl Default for RolloutConfig {
             top_k: None,
             alg: Alg::Entropy,
             alg_temp: 0.0,
+            cfg_scale: 0.0,
             eps: 1e-3,
             seed: 42,
             num_completions: 10,
@@ -167,6 +172,12 @@ impl RolloutConfig {
         }
         if self.top_k == Some(0) {
             return bad("top_k", "must be positive".into());
+        }
+        if !(self.cfg_scale.is_finite() && self.cfg_scale >= 0.0) {
+            return bad(
+                "cfg_scale",
+                format!("{} is not a finite value ≥ 0", self.cfg_scale),
+            );
         }
         if !(self.alg_temp.is_finite() && self.alg_temp >= 0.0) {
             return bad(

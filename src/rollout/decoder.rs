@@ -412,18 +412,7 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
     ) -> Result<Tensor<B, 2, Int>> {
         let (rows, m) = (self.rows, cand.dims()[1]);
         let l = self.prompt_len + self.k;
-        let x = Tensor::cat(vec![self.prompt.clone(), self.completion.clone()], 1);
-        let hidden = self.model.forward_hidden(x, self.attention.clone());
-        self.forward_passes += 1;
-        let h = hidden.dims()[2];
-        // Hidden row P − shift + j predicts completion token j.
-        let index = (cand.clone() + self.hidden_base.clone()).reshape([rows * m]);
-        let picked = hidden.reshape([rows * l, h]).select(0, index);
-        let logits = self
-            .model
-            .logits_from_hidden(picked.unsqueeze::<3>())
-            .cast(DType::F32)
-            .reshape([rows * m, self.model.config().vocab_size]);
+        let logits = self.candidate_logits(&cand, rows, m, l);
 
         let uniforms = self
             .params
@@ -497,6 +486,51 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
                 .scatter(1, cand, c, IndexingUpdateOp::Add);
         }
         Ok(reveal_i.sum_dim(1))
+    }
+
+    /// `[rows · m, vocab]` f32 logits of the candidates `cand` (`[rows, m]`) from one forward
+    /// pass; with classifier-free guidance the pass also holds every row with its prompt
+    /// masked, and the logits are `uncond + (cfg + 1) · (cond − uncond)`.
+    fn candidate_logits(
+        &mut self,
+        cand: &Tensor<B, 2, Int>,
+        rows: usize,
+        m: usize,
+        l: usize,
+    ) -> Tensor<B, 2> {
+        let x = Tensor::cat(vec![self.prompt.clone(), self.completion.clone()], 1);
+        let cfg = self.config.cfg_scale;
+        let (x, attention, copies) = match cfg > 0.0 {
+            false => (x, self.attention.clone(), 1),
+            true => {
+                let masked = Tensor::full(self.prompt.dims(), self.mask_token as i64, &self.device);
+                let uncond = Tensor::cat(vec![masked, self.completion.clone()], 1);
+                let attention = self
+                    .attention
+                    .clone()
+                    .map(|a| Tensor::cat(vec![a.clone(), a], 0));
+                (Tensor::cat(vec![x, uncond], 0), attention, 2)
+            }
+        };
+        let hidden = self.model.forward_hidden(x, attention);
+        self.forward_passes += 1;
+        let h = hidden.dims()[2];
+        let hidden = hidden.reshape([copies * rows * l, h]);
+        // Hidden row P − shift + j predicts completion token j.
+        let index = (cand.clone() + self.hidden_base.clone()).reshape([rows * m]);
+        let vocab = self.model.config().vocab_size;
+        let logits_at = |index: Tensor<B, 1, Int>| {
+            self.model
+                .logits_from_hidden(hidden.clone().select(0, index).unsqueeze::<3>())
+                .cast(DType::F32)
+                .reshape([rows * m, vocab])
+        };
+        let cond = logits_at(index.clone());
+        if copies == 1 {
+            return cond;
+        }
+        let uncond = logits_at(index.add_scalar((rows * l) as i64));
+        uncond.clone() + (cond - uncond).mul_scalar(cfg + 1.0)
     }
 
     /// `[rows, m]` draws, `m` from each row's own stream.

@@ -45,9 +45,10 @@ pub struct Args {
     top_p: Option<f32>,
     #[arg(long)]
     top_k: Option<usize>,
-    /// origin | maskgit_plus | topk_margin | entropy.
-    #[arg(long, default_value = "entropy")]
-    alg: Alg,
+    /// origin | maskgit_plus | topk_margin | entropy | low_confidence | random (default: the
+    /// model family's sampler, entropy for Dream, low_confidence in blocks of 32 for LLaDA).
+    #[arg(long)]
+    alg: Option<Alg>,
     /// > 0: sample positions from softmax(confidence / alg-temp) instead of top-k.
     #[arg(long, default_value_t = 0.0)]
     alg_temp: f32,
@@ -121,9 +122,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn run_on<B: Backend>(args: &Args, device: B::Device) -> anyhow::Result<()> {
-    let config = rollout_config(args);
-    config.validate()?;
     let model_config = ModelConfig::from_file(args.model.join("config.json"))?;
+    let config = rollout_config(args, model_config.family);
+    config.validate()?;
     let jobs = jobs(args, model_config.family)?;
     if jobs.is_empty() {
         bail!("no prompts to generate for");
@@ -185,7 +186,12 @@ fn run_on<B: Backend>(args: &Args, device: B::Device) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn rollout_config(args: &Args) -> RolloutConfig {
+fn rollout_config(args: &Args, family: ModelFamily) -> RolloutConfig {
+    let (alg, block) = family.default_sampler();
+    let (alg, block_length) = match args.alg {
+        Some(alg) => (alg, args.block_length),
+        None => (alg, args.block_length.or(block)),
+    };
     let top_p = args
         .top_p
         .unwrap_or(if args.temperature > 0.0 { 0.95 } else { 1.0 });
@@ -195,12 +201,12 @@ fn rollout_config(args: &Args) -> RolloutConfig {
         temperature: args.temperature,
         top_p: (top_p < 1.0).then_some(top_p),
         top_k: args.top_k,
-        alg: args.alg,
+        alg,
         alg_temp: args.alg_temp,
         seed: args.seed,
         num_completions: args.num_completions,
         max_prompt_length: args.max_prompt_length,
-        block_length: args.block_length,
+        block_length,
         confidence_threshold: args.threshold,
         record_trace: args.trace.is_some(),
         chunk_rows: args.chunk_rows,
