@@ -282,7 +282,7 @@ mod tests {
                 format!("\"{}\"", a.name())
             );
         }
-        assert!("low_confidence"
+        assert!("lowest_confidence"
             .parse::<Alg>()
             .unwrap_err()
             .to_string()
