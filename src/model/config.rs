@@ -252,42 +252,18 @@ impl ModelConfig {
             // LLaDA-8B-Instruct's shape and token ids (its config.json), and a tiny LLaDA with
             // the byte-level test vocabulary.
             "llada-8b" => {
-                let mut c = LladaConfig::from_model_config(&base(1, 1, 1, 1, 1, 1));
-                c.d_model = 4096;
-                c.n_heads = 32;
-                c.n_kv_heads = Some(32);
-                c.n_layers = 32;
-                c.mlp_hidden_size = Some(12_288);
-                c.vocab_size = 126_464;
-                c.embedding_size = Some(126_464);
-                c.rope_theta = 500_000.0;
-                c.rms_norm_eps = 1e-5;
-                c.weight_tying = false;
-                c.mask_token_id = Some(super::llada_config::LLADA_MASK_TOKEN);
-                c.pad_token_id = Some(126_081);
-                c.eos_token_id = Some(126_081);
-                c.max_sequence_length = 4096;
-                let mut m = c.to_model_config();
+                let mut m = LladaConfig::llada_8b().to_model_config();
                 m.torch_dtype = Some("bfloat16".into());
                 m
             }
             "llada-tiny" => {
-                let mut c = LladaConfig::from_model_config(&base(1, 1, 1, 1, 1, 1));
-                c.d_model = 64;
-                c.n_heads = 4;
-                c.n_kv_heads = Some(2);
-                c.n_layers = 2;
-                c.mlp_hidden_size = Some(176);
-                c.vocab_size = 512;
-                c.embedding_size = Some(512);
+                let mut c = LladaConfig::llada_8b();
+                (c.d_model, c.n_heads, c.n_kv_heads, c.n_layers) = (64, 4, Some(2), 2);
+                (c.mlp_hidden_size, c.vocab_size, c.embedding_size) = (Some(176), 512, Some(512));
                 c.rope_theta = 10_000.0;
-                c.weight_tying = false;
-                c.mask_token_id = Some(3);
-                c.pad_token_id = Some(4);
-                c.eos_token_id = Some(0);
-                c.max_sequence_length = 4096;
+                (c.mask_token_id, c.pad_token_id, c.eos_token_id) = (Some(3), Some(4), Some(0));
+                c.other.insert("bos_token_id".into(), 0.into());
                 let mut m = c.to_model_config();
-                m.bos_token_id = Some(0);
                 m.torch_dtype = Some("float32".into());
                 m
             }

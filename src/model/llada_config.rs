@@ -221,7 +221,7 @@ impl LladaConfig {
     /// LLaDA's config for a network described by `c` (keys not in `c` from `c.llada` when it
     /// came from a LLaDA file, else LLaDA-8B-Instruct's).
     pub fn from_model_config(c: &ModelConfig) -> Self {
-        let mut l = c.llada.clone().unwrap_or_else(Self::llada_8b_keys);
+        let mut l = c.llada.clone().unwrap_or_else(Self::llada_8b);
         l.d_model = c.hidden_size;
         l.n_heads = c.num_attention_heads;
         l.n_kv_heads = Some(c.kv_heads());
@@ -241,6 +241,9 @@ impl LladaConfig {
         l.eos_token_id = c.eos_token_id;
         l.max_sequence_length = c.max_position_embeddings;
         l.init_std = c.initializer_range;
+        if let Some(b) = c.bos_token_id {
+            l.other.insert("bos_token_id".into(), b.into());
+        }
         if let Some(d) = &c.torch_dtype {
             l.other
                 .insert("torch_dtype".into(), Value::String(d.clone()));
@@ -248,8 +251,8 @@ impl LladaConfig {
         l
     }
 
-    /// LLaDA-8B-Instruct's released config (sizes as in its `config.json`).
-    fn llada_8b_keys() -> Self {
+    /// LLaDA-8B-Instruct's released config (sizes and token ids as in its `config.json`).
+    pub fn llada_8b() -> Self {
         let mut other = Map::new();
         other.insert("model_type".into(), "llada".into());
         other.insert("architectures".into(), serde_json::json!(["LLaDAModelLM"]));
