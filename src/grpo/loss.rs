@@ -54,6 +54,31 @@ impl LossSums {
         self.loss += other.loss;
     }
 
+    /// The sums in a fixed order (tokens, kl, clipped_low, clipped_high, ratio, loss), the
+    /// order [`Self::from_values`] reads and [`grpo_loss`] computes them in.
+    pub fn values(&self) -> [f64; 6] {
+        [
+            self.tokens,
+            self.kl,
+            self.clipped_low,
+            self.clipped_high,
+            self.ratio,
+            self.loss,
+        ]
+    }
+
+    /// Sums from the first six of `v`, in [`Self::values`]' order.
+    pub fn from_values(v: &[f32]) -> Self {
+        Self {
+            tokens: v[0] as f64,
+            kl: v[1] as f64,
+            clipped_low: v[2] as f64,
+            clipped_high: v[3] as f64,
+            ratio: v[4] as f64,
+            loss: v[5] as f64,
+        }
+    }
+
     fn mean(&self, x: f64) -> f32 {
         (x / self.tokens.max(1.0)) as f32
     }
@@ -171,15 +196,7 @@ pub fn grpo_loss<B: Backend>(
         .convert::<f32>()
         .to_vec::<f32>()
         .expect("f32 stats");
-    let sums = LossSums {
-        tokens: v[0] as f64,
-        kl: v[1] as f64,
-        clipped_low: v[2] as f64,
-        clipped_high: v[3] as f64,
-        ratio: v[4] as f64,
-        loss: v[5] as f64,
-    };
-    Ok((loss, sums))
+    Ok((loss, LossSums::from_values(&v)))
 }
 
 #[cfg(test)]

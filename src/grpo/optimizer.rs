@@ -416,17 +416,25 @@ fn take_load<B: AutodiffBackend>(
     *opt = fresh.load_record(record);
 }
 
+/// `param` with its value replaced by `f` of its inner (non-autodiff) value, as a fresh
+/// autodiff leaf, not a node of any graph; the id and `require_grad` are kept.
+pub fn map_leaf<B: AutodiffBackend, const D: usize>(
+    param: Param<Tensor<B, D>>,
+    f: impl FnOnce(Tensor<B::InnerBackend, D>) -> Tensor<B::InnerBackend, D>,
+) -> Param<Tensor<B, D>> {
+    let (id, tensor, mapper) = param.consume();
+    let grad = tensor.is_require_grad();
+    let leaf = Tensor::<B, D>::from_inner(f(tensor.inner()));
+    let leaf = if grad { leaf.require_grad() } else { leaf };
+    Param::from_mapped_value(id, leaf, mapper)
+}
+
 /// `model` with every float parameter cast to `dtype`; ids and `require_grad` are kept.
 pub fn cast_params<B: AutodiffBackend>(model: DiffusionLm<B>, dtype: DType) -> DiffusionLm<B> {
     struct Cast(DType);
     impl<B: AutodiffBackend> ModuleMapper<B> for Cast {
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-            let (id, tensor, mapper) = param.consume();
-            let grad = tensor.is_require_grad();
-            // Through the inner backend: the copy is a fresh leaf, not a node of a graph.
-            let cast = Tensor::<B, D>::from_inner(tensor.inner().cast(self.0));
-            let cast = if grad { cast.require_grad() } else { cast };
-            Param::from_mapped_value(id, cast, mapper)
+            map_leaf(param, |t| t.cast(self.0))
         }
     }
     model.map(&mut Cast(dtype))

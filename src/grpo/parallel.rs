@@ -154,11 +154,7 @@ pub fn own_leaves<B: AutodiffBackend>(model: DiffusionLm<B>) -> DiffusionLm<B> {
     struct Leaves;
     impl<B: AutodiffBackend> burn::module::ModuleMapper<B> for Leaves {
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-            let (id, tensor, mapper) = param.consume();
-            let grad = tensor.is_require_grad();
-            let leaf = Tensor::<B, D>::from_inner(tensor.inner());
-            let leaf = if grad { leaf.require_grad() } else { leaf };
-            Param::from_mapped_value(id, leaf, mapper)
+            super::optimizer::map_leaf(param, |t| t)
         }
     }
     model.map(&mut Leaves)
@@ -424,6 +420,30 @@ mod tests {
     use burn::collective::CollectiveConfig;
     use burn::tensor::{DType, Int, TensorData};
 
+    /// `work(rank, replica, shard)` on two CPU workers registered as one collective group, each
+    /// with its own autodiff leaves of `model`; the workers' results by rank.
+    fn on_two_workers<R: Send + 'static>(
+        model: &DiffusionLm<CpuAutodiff>,
+        work: fn(usize, DiffusionLm<CpuAutodiff>, Shard<Cpu>) -> R,
+    ) -> Vec<R> {
+        let _group = collective_lock();
+        collective::reset_collective::<Cpu>();
+        let handles: Vec<_> = (0..2usize)
+            .map(|w| {
+                let replica = own_leaves(model.clone());
+                std::thread::spawn(move || {
+                    let shard = Shard::<Cpu>::new(w, 2, Default::default());
+                    let cfg = CollectiveConfig::default().with_num_devices(2);
+                    collective::register::<Cpu>(shard.peer(), Default::default(), cfg).unwrap();
+                    let out = work(w, replica, shard.clone());
+                    collective::finish_collective::<Cpu>(shard.peer()).unwrap();
+                    out
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
     #[test]
     fn device_lists_parse_and_bad_ones_name_the_problem() {
         assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu(1));
@@ -487,32 +507,18 @@ mod tests {
         }
         let whole = GradientsParams::from_grads(loss(&model, 0..4).backward(), &model);
 
-        let _group = collective_lock();
-        collective::reset_collective::<Cpu>();
-        let handles: Vec<_> = (0..2u32)
-            .map(|w| {
-                let replica = own_leaves(model.clone());
-                std::thread::spawn(move || {
-                    let peer = PeerId::from(w);
-                    let cfg = CollectiveConfig::default().with_num_devices(2);
-                    collective::register::<Cpu>(peer, Default::default(), cfg).unwrap();
-                    let rows = (w as usize * 2)..(w as usize * 2 + 2);
-                    let grads =
-                        GradientsParams::from_grads(loss(&replica, rows).backward(), &replica);
-                    let shard = Shard::<Cpu>::new(w as usize, 2, Default::default());
-                    let summed = all_reduce_grads(&shard, &replica, grads).unwrap();
-                    collective::finish_collective::<Cpu>(peer).unwrap();
-                    let q = replica.layers[0].self_attn.q_proj.weight.id;
-                    let e = replica.embed_tokens.id;
-                    let host = |t: Tensor<Cpu, 2>| t.into_data().to_vec::<f32>().unwrap();
-                    (
-                        host(summed.get::<Cpu, 2>(q).unwrap()),
-                        host(summed.get::<Cpu, 2>(e).unwrap()),
-                    )
-                })
-            })
-            .collect();
-        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let results = on_two_workers(&model, |w, replica, shard| {
+            let rows = w * 2..w * 2 + 2;
+            let grads = GradientsParams::from_grads(loss(&replica, rows).backward(), &replica);
+            let summed = all_reduce_grads(&shard, &replica, grads).unwrap();
+            let q = replica.layers[0].self_attn.q_proj.weight.id;
+            let e = replica.embed_tokens.id;
+            let host = |t: Tensor<Cpu, 2>| t.into_data().to_vec::<f32>().unwrap();
+            (
+                host(summed.get::<Cpu, 2>(q).unwrap()),
+                host(summed.get::<Cpu, 2>(e).unwrap()),
+            )
+        });
         assert_eq!(results[0], results[1], "both workers hold the same sum");
         let host = |t: Tensor<Cpu, 2>| t.into_data().to_vec::<f32>().unwrap();
         let q = host(
@@ -550,30 +556,15 @@ mod tests {
             .filter(|(_, l)| l.lora.is_some())
             .count();
         assert!(adapted > 0);
-        let _group = collective_lock();
-        collective::reset_collective::<Cpu>();
-        let handles: Vec<_> = (0..2u32)
-            .map(|w| {
-                let replica = own_leaves(model.clone());
-                std::thread::spawn(move || {
-                    let peer = PeerId::from(w);
-                    let cfg = CollectiveConfig::default().with_num_devices(2);
-                    collective::register::<Cpu>(peer, Default::default(), cfg).unwrap();
-                    let ids = Tensor::<CpuAutodiff, 2, Int>::from_data(
-                        TensorData::new(vec![1i64 + w as i64, 7, 9, 11], [1, 4]),
-                        &Default::default(),
-                    );
-                    let loss = replica.forward(ids, None).sum();
-                    let grads = GradientsParams::from_grads(loss.backward(), &replica);
-                    let shard = Shard::<Cpu>::new(w as usize, 2, Default::default());
-                    let summed = all_reduce_grads(&shard, &replica, grads).unwrap();
-                    collective::finish_collective::<Cpu>(peer).unwrap();
-                    summed.len()
-                })
-            })
-            .collect();
-        for h in handles {
-            assert_eq!(h.join().unwrap(), 2 * adapted);
-        }
+        let counts = on_two_workers(&model, |w, replica, shard| {
+            let ids = Tensor::<CpuAutodiff, 2, Int>::from_data(
+                TensorData::new(vec![1i64 + w as i64, 7, 9, 11], [1, 4]),
+                &Default::default(),
+            );
+            let loss = replica.forward(ids, None).sum();
+            let grads = GradientsParams::from_grads(loss.backward(), &replica);
+            all_reduce_grads(&shard, &replica, grads).unwrap().len()
+        });
+        assert_eq!(counts, vec![2 * adapted; 2]);
     }
 }

@@ -938,31 +938,12 @@ impl<B: AutodiffBackend> Trainer<B> {
         let Some(shard) = &self.shard else {
             return Ok(pass.finite.then(|| pass.accumulator.grads()));
         };
-        let s = &pass.sums;
-        let sums = shard.sum(
-            "loss statistics",
-            [
-                pass.loss,
-                s.tokens,
-                s.kl,
-                s.clipped_low,
-                s.clipped_high,
-                s.ratio,
-                s.loss,
-                f64::from(u8::from(!pass.finite)),
-            ]
-            .map(|v| v as f32)
-            .to_vec(),
-        )?;
-        pass.loss = sums[0] as f64;
-        pass.sums = LossSums {
-            tokens: sums[1] as f64,
-            kl: sums[2] as f64,
-            clipped_low: sums[3] as f64,
-            clipped_high: sums[4] as f64,
-            ratio: sums[5] as f64,
-            loss: sums[6] as f64,
-        };
+        // Gathered as [sums…, loss, non-finite flag].
+        let mut values: Vec<f32> = pass.sums.values().iter().map(|&v| v as f32).collect();
+        values.extend([pass.loss as f32, f32::from(u8::from(!pass.finite))]);
+        let sums = shard.sum("loss statistics", values)?;
+        pass.sums = LossSums::from_values(&sums);
+        pass.loss = sums[6] as f64;
         pass.finite = sums[7] == 0.0;
         if !pass.finite {
             return Ok(None);

@@ -16,6 +16,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor, TensorData};
 
+use super::optimizer::map_leaf;
 use super::parallel::Shard;
 use crate::model::DiffusionLm;
 use crate::Result;
@@ -168,16 +169,12 @@ impl<I: Backend> Zero<I> {
                 // broadcasts them).
                 let other = matches!(self.owners.get(self.index), Some(Some(r)) if *r != self.rank);
                 self.index += 1;
-                let (id, tensor, mapper) = param.consume();
-                let grad = tensor.is_require_grad();
-                let inner = match other {
-                    false => tensor.inner().cast(self.dtype),
-                    true => Tensor::<B::InnerBackend, D>::zeros([1; D], &tensor.device())
-                        .cast(self.dtype),
-                };
-                let value = Tensor::<B, D>::from_inner(inner);
-                let value = if grad { value.require_grad() } else { value };
-                Param::from_mapped_value(id, value, mapper)
+                map_leaf(param, |t| match other {
+                    false => t.cast(self.dtype),
+                    true => {
+                        Tensor::<B::InnerBackend, D>::zeros([1; D], &t.device()).cast(self.dtype)
+                    }
+                })
             }
         }
         model.map(&mut Master {
@@ -209,23 +206,17 @@ impl<I: Backend> Zero<I> {
                 let (Some(owner), None) = (owner, &self.error) else {
                     return param;
                 };
-                let (id, tensor, mapper) = param.consume();
-                let grad = tensor.is_require_grad();
-                let inner = tensor.inner();
-                let mine = (owner == self.zero.shard.rank).then(|| inner.clone());
-                match self.zero.shard.broadcast(mine, &inner.device()) {
-                    Ok(value) => {
-                        let value = Tensor::<B, D>::from_inner(value);
-                        let value = if grad { value.require_grad() } else { value };
-                        Param::from_mapped_value(id, value, mapper)
+                let (zero, error) = (self.zero, &mut self.error);
+                map_leaf(param, |inner| {
+                    let mine = (owner == zero.shard.rank).then(|| inner.clone());
+                    match zero.shard.broadcast(mine, &inner.device()) {
+                        Ok(value) => value,
+                        Err(e) => {
+                            *error = Some(e);
+                            inner
+                        }
                     }
-                    Err(e) => {
-                        self.error = Some(e);
-                        let value = Tensor::<B, D>::from_inner(inner);
-                        let value = if grad { value.require_grad() } else { value };
-                        Param::from_mapped_value(id, value, mapper)
-                    }
-                }
+                })
             }
         }
         let mut share = Share {
