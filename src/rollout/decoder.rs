@@ -439,14 +439,11 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
             Rule::Count(n) => {
                 let scores = if self.config.alg == Alg::Random {
                     // LLaDA's `random` remasking: positions in a random order.
-                    self.uniforms(m, Draw::Remask, |rng| rng.random::<f32>())
-                        .mask_fill(
-                            valid.clone().map_or_else(
-                                || Tensor::<B, 2, Int>::zeros([rows, m], &self.device).bool(),
-                                |v| v.bool_not(),
-                            ),
-                            f32::NEG_INFINITY,
-                        )
+                    let order = self.uniforms(m, Draw::Remask, |rng| rng.random::<f32>());
+                    match &valid {
+                        Some(v) => order.mask_fill(v.clone().bool_not(), f32::NEG_INFINITY),
+                        None => order,
+                    }
                 } else if self.config.alg_temp > 0.0 {
                     gumbel_scores(
                         ranked,
