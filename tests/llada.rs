@@ -157,6 +157,15 @@ fn llada_configs_that_contradict_themselves_name_the_field() {
             other => panic!("{key}: {other:?}"),
         }
     }
+    // A value of the wrong type is reported at its line, as for a Dream config.
+    let text = serde_json::to_string_pretty(&base)
+        .unwrap()
+        .replace("\"n_layers\": 2", "\"n_layers\": \"two\"");
+    let line = text.lines().position(|l| l.contains("\"two\"")).unwrap() + 1;
+    match ModelConfig::from_json_str(&text, None) {
+        Err(Error::Json { line: l, .. }) => assert_eq!(l, Some(line)),
+        other => panic!("n_layers: {other:?}"),
+    }
     // An unknown family is refused by name.
     let mut doc = base.clone();
     doc["model_type"] = "mamba".into();

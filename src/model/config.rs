@@ -145,15 +145,17 @@ impl ModelConfig {
             line: Some(e.line()),
             message: e.to_string(),
         };
+        // The family from a first, untyped read; the typed read is of the text, so that a bad
+        // value's error keeps its line.
         let doc: serde_json::Value = serde_json::from_str(text).map_err(json_error)?;
         if is_llada(&doc) {
-            let llada: LladaConfig = serde_json::from_value(doc).map_err(json_error)?;
+            let llada: LladaConfig = serde_json::from_str(text).map_err(json_error)?;
             llada.validate(&shown)?;
             let config = llada.to_model_config();
             config.validate(Some(&shown))?;
             return Ok(config);
         }
-        let mut config: ModelConfig = serde_json::from_value(doc).map_err(json_error)?;
+        let mut config: ModelConfig = serde_json::from_str(text).map_err(json_error)?;
         if let Some(theta) = config.rope_parameters.as_ref().and_then(|r| r.rope_theta) {
             config.rope_theta = theta;
         }
