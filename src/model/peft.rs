@@ -94,15 +94,21 @@ fn init_true() -> serde_json::Value {
 }
 
 impl AdapterConfig {
-    /// The config PEFT would write for `lora` on a model named `base`.
-    pub fn from_lora(lora: &LoraConfig, base: Option<String>) -> Self {
+    /// The config PEFT would write for `lora` on a model named `base` of `family` (whose
+    /// checkpoints name the targeted layers).
+    pub fn from_lora(lora: &LoraConfig, base: Option<String>, family: ModelFamily) -> Self {
         Self {
             peft_type: "LORA".into(),
             task_type: Some("CAUSAL_LM".into()),
             r: lora.r,
             lora_alpha: lora.alpha,
             lora_dropout: lora.dropout,
-            target_modules: TargetModules::List(lora.target_modules.clone()),
+            target_modules: TargetModules::List(
+                lora.target_modules
+                    .iter()
+                    .map(|t| family.module_name(t))
+                    .collect(),
+            ),
             bias: bias_none(),
             fan_in_fan_out: false,
             use_rslora: lora.use_rslora,
@@ -304,13 +310,7 @@ pub fn save_adapter<B: Backend>(
     }
     let bytes = sink.to_bytes(SaveDtype::F32)?;
     crate::util::write_atomic(&dir.join(ADAPTER_WEIGHTS_FILE), &bytes)?;
-    let mut config = AdapterConfig::from_lora(lora, base);
-    config.target_modules = TargetModules::List(
-        lora.target_modules
-            .iter()
-            .map(|t| family.module_name(t))
-            .collect(),
-    );
+    let config = AdapterConfig::from_lora(lora, base, family);
     let text = serde_json::to_string_pretty(&config).expect("adapter config serialises");
     crate::util::write_atomic(&dir.join(ADAPTER_CONFIG_FILE), text.as_bytes())
 }
