@@ -275,6 +275,19 @@ fn first_result<R>(results: Vec<Result<R>>) -> Result<R> {
     }
 }
 
+/// `workers` workers can share a round of `prompts` prompts: each needs one.
+pub fn check_workers(workers: usize, prompts: usize) -> Result<()> {
+    if workers <= prompts {
+        return Ok(());
+    }
+    Err(Error::config(
+        "devices",
+        format!(
+            "{workers} workers but grpo.prompts_per_step = {prompts}: every worker needs a prompt"
+        ),
+    ))
+}
+
 /// What `--devices` names: `cpu`, `cpu:N` (N workers on the CPU), `cuda`, `cuda:0,1,2,3`,
 /// `cuda:all`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -299,13 +312,7 @@ impl DeviceSpec {
 
     /// A round of `prompts` prompts must give every worker at least one.
     pub fn check_prompts(&self, prompts: usize) -> Result<()> {
-        match self.workers() {
-            Some(n) if n > prompts => Err(Error::config(
-                "devices",
-                format!("{n} workers but grpo.prompts_per_step = {prompts}: every worker needs a prompt"),
-            )),
-            _ => Ok(()),
-        }
+        self.workers().map_or(Ok(()), |n| check_workers(n, prompts))
     }
 
     /// Refuse CUDA in a build without the `cuda` feature.

@@ -490,15 +490,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 "LoRA dropout needs a single device (its masks come from the backend's process-wide RNG); set lora.dropout = 0",
             ));
         }
-        if shard.world > self.config.grpo.prompts_per_step {
-            return Err(Error::config(
-                "devices",
-                format!(
-                    "{} workers but grpo.prompts_per_step = {}: every worker needs a prompt",
-                    shard.world, self.config.grpo.prompts_per_step
-                ),
-            ));
-        }
+        super::parallel::check_workers(shard.world, self.config.grpo.prompts_per_step)?;
         if shard.world > 1 {
             let policy = self.policy.take().expect("policy present");
             self.policy = Some(super::parallel::own_leaves(policy));
