@@ -5,6 +5,8 @@
 //!     cargo bench --bench rollout -- --length 64 --reps 2 --preset tiny
 //!     cargo bench --bench rollout -- --no-reference        # ours only
 //!     cargo bench --bench rollout -- --study-only          # threshold study only
+//!     cargo bench --bench rollout -- --cache-only          # cache study only (K = 256)
+//!     cargo bench --bench rollout -- --pass-at-1-only      # its pass@1 table only
 //!
 //! Setting: DiffuCoder's RL rollout sampler (temperature 1.2, top-p 0.95, entropy order,
 //! alg_temp 0) on B × G = 2 × 4 = 8 rows whose prompts differ in length (left padding and the
@@ -29,13 +31,18 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{DType, Distribution, Int, Tensor, TensorData};
 use coupled_grpo::backend::{Cpu, CpuAutodiff};
+use coupled_grpo::eval::{EvalConfig, Evaluator, PromptStyle};
+use coupled_grpo::model::PromptBatch;
 use coupled_grpo::model::{
     byte_level_tokenizer, left_pad, save_pretrained, shift_logits, DiffusionLm, ModelConfig,
     SaveDtype, Tokenizer,
 };
 use coupled_grpo::perf::{arg, flag, median};
 use coupled_grpo::rollout::sampling::{sample_tokens, Confidence, SampleParams};
-use coupled_grpo::rollout::{decode, generate, Alg, RolloutConfig};
+use coupled_grpo::rollout::{
+    decode, decode_from, decode_rows, generate, prompt_rows, Alg, CacheMode, DecodeTokens,
+    RolloutConfig,
+};
 use rand::{Rng, SeedableRng};
 
 /// Least of several timings: the least disturbed by other processes on a shared machine.
@@ -50,6 +57,12 @@ struct Timing {
 
 /// Two prompts of different lengths, each repeated G = rows / 2 times, left-padded.
 fn prompt_batch(vocab: usize, rows: usize, prompt_len: usize) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
+    let batch = prompt_batch_rows(vocab, rows, prompt_len);
+    (batch.ids, batch.attention_mask)
+}
+
+/// [`prompt_batch`] as a batch.
+fn prompt_batch_rows(vocab: usize, rows: usize, prompt_len: usize) -> PromptBatch {
     let mut state = 12345u64;
     let mut next = || {
         state = state
@@ -62,8 +75,7 @@ fn prompt_batch(vocab: usize, rows: usize, prompt_len: usize) -> (Vec<Vec<u32>>,
     let g = rows / 2;
     let mut seqs = vec![long; g];
     seqs.extend(vec![short; rows - g]);
-    let batch = left_pad(seqs, 4);
-    (batch.ids, batch.attention_mask)
+    left_pad(seqs, 4)
 }
 
 fn ours(
@@ -154,11 +166,319 @@ fn torch_available() -> Option<String> {
 }
 
 fn main() {
+    if flag("--cache-only") {
+        cache_study();
+        return;
+    }
+    if flag("--pass-at-1-only") {
+        let (coder, tok) = embedded_coder();
+        coder_pass_at_1(&coder, &tok);
+        return;
+    }
     if !flag("--study-only") {
         speed();
     }
     if !flag("--no-study") {
         threshold_study();
+    }
+    if !flag("--no-cache-study") {
+        cache_study();
+    }
+}
+
+/// One rollout setting of the cache study.
+struct Mode {
+    name: &'static str,
+    cache: CacheMode,
+    refresh: usize,
+    /// Blocks of 32 tokens (16 at the coder's K = 48).
+    blocks: bool,
+    /// Threshold decoding: (τ in nats of negative entropy, tokens per step above the schedule).
+    threshold: Option<(f32, usize)>,
+    early: bool,
+}
+
+impl Mode {
+    const fn new(name: &'static str, cache: CacheMode, blocks: bool) -> Self {
+        Self {
+            name,
+            cache,
+            refresh: 0,
+            blocks,
+            threshold: None,
+            early: false,
+        }
+    }
+
+    const fn parallel(self) -> Self {
+        Self {
+            threshold: Some((-0.5, 4)),
+            early: true,
+            ..self
+        }
+    }
+
+    /// `base` with this mode's settings.
+    fn apply(&self, base: &RolloutConfig) -> RolloutConfig {
+        let block = if base.max_new_tokens == 48 { 16 } else { 32 };
+        RolloutConfig {
+            cache: self.cache,
+            cache_refresh: self.refresh,
+            block_length: self.blocks.then_some(block),
+            confidence_threshold: self.threshold.map(|t| t.0),
+            max_tokens_per_step: self.threshold.map(|t| t.1),
+            early_completion: self.early,
+            ..base.clone()
+        }
+    }
+}
+
+const MODES: &[Mode] = &[
+    Mode::new("exact", CacheMode::None, false),
+    Mode::new("prefix", CacheMode::Prefix, false),
+    Mode::new("dual", CacheMode::Dual, false),
+    Mode {
+        refresh: 32,
+        ..Mode::new("dual, refresh 32", CacheMode::Dual, false)
+    },
+    Mode::new("parallel", CacheMode::None, false).parallel(),
+    Mode::new("dual + parallel", CacheMode::Dual, false).parallel(),
+    Mode::new("blocks, exact", CacheMode::None, true),
+    Mode::new("blocks, prefix", CacheMode::Prefix, true),
+    Mode::new("blocks, dual", CacheMode::Dual, true),
+    Mode::new("blocks, dual + par.", CacheMode::Dual, true).parallel(),
+];
+
+/// Fraction of equal tokens.
+fn agreement(a: &[Vec<u32>], b: &[Vec<u32>]) -> f64 {
+    let pairs = a.iter().flatten().zip(b.iter().flatten());
+    let (same, n) = pairs.fold((0usize, 0usize), |(s, n), (x, y)| {
+        (s + usize::from(x == y), n + 1)
+    });
+    same as f64 / n.max(1) as f64
+}
+
+/// Cached and parallel decoding against exact decoding in one run: speed and forward FLOPs
+/// at K = 256 (DiffuCoder's RL length) on the small preset's random weights (where no
+/// confidence threshold fires) and on the embedded coder (which is confident about its
+/// padding), token agreement of greedy decodes, and held-out pass@1 of the embedded coder
+/// decoded greedily with each mode.
+fn cache_study() {
+    let preset: String = arg("--preset", "small".to_string());
+    let k: usize = arg("--cache-length", 256);
+    let prompt_len: usize = arg("--prompt-len", 48);
+    let rows: usize = arg("--rows", 8);
+    let reps: usize = arg("--reps", 2);
+    let config = ModelConfig::preset(&preset).unwrap();
+    let device = Default::default();
+    let model = DiffusionLm::<Cpu>::init_with(&config, &device, 0, DType::F32);
+    let batch = prompt_batch_rows(config.vocab_size, rows, prompt_len);
+    println!(
+        "\ncache study: K = {k} in {k} steps, {rows} rows, median of {reps} runs after a warm-up; \
+         blocks of 32; parallel = entropy below 0.5 nats, at most 4 tokens per step above the \
+         schedule, early completion"
+    );
+    let sampler = RolloutConfig {
+        max_new_tokens: k,
+        steps: k,
+        num_completions: 1,
+        ..RolloutConfig::default()
+    };
+    println!(
+        "\n  {preset} preset, random weights, prompts {prompt_len}/{} tokens, temperature 1.2, top-p 0.95",
+        prompt_len * 2 / 3
+    );
+    speed_table(&model, None, &batch, &sampler, reps, false);
+
+    let (coder, tok) = embedded_coder();
+    let prompts = held_out_prompts(&coder, 2);
+    let coder_sampler = RolloutConfig {
+        temperature: 1.0,
+        num_completions: rows / 2,
+        max_prompt_length: 128,
+        ..sampler.clone()
+    };
+    let batch = prompt_rows(&coder, &tok, &prompts, &coder_sampler).unwrap();
+    println!(
+        "\n  embedded coder, 2 held-out prompts x {}, temperature 1.0, top-p 0.95 (the main job's sampler); \
+         agreement: greedy tokens",
+        rows / 2
+    );
+    speed_table(&coder, Some(&tok), &batch, &coder_sampler, reps, true);
+    coder_pass_at_1(&coder, &tok);
+}
+
+/// Seconds per completion, positions computed and greedy tokens of exact decoding.
+type ExactRun = (f64, usize, Vec<Vec<u32>>);
+
+/// Time, FLOPs and (with `agree`) greedy agreement of every mode on one batch.
+fn speed_table(
+    model: &DiffusionLm<Cpu>,
+    tok: Option<&Tokenizer>,
+    batch: &PromptBatch,
+    sampler: &RolloutConfig,
+    reps: usize,
+    agree: bool,
+) {
+    let rows = batch.ids.len();
+    let tokens = match tok {
+        Some(t) => DecodeTokens::from_special(t.special()),
+        None => DecodeTokens {
+            mask: model.config().mask_token_id.unwrap(),
+            end: Some((2, 4)),
+        },
+    };
+    let padded = batch.attention_mask.iter().any(|m| m.contains(&0));
+    let run = |rc: &RolloutConfig| {
+        decode_from(
+            model,
+            &batch.ids,
+            &batch.attention_mask,
+            0,
+            padded,
+            tokens,
+            rc,
+        )
+        .unwrap()
+    };
+    println!(
+        "  {:<20} {:>7} {:>6} {:>10} {:>12} {:>9} {:>8} {:>7}",
+        "mode", "passes", "full", "positions", "GFLOP/compl", "s/compl", "speedup", "agree"
+    );
+    // Exact decoding's figures without and with blocks.
+    let mut exact: [Option<ExactRun>; 2] = [None, None];
+    for mode in MODES {
+        let rc = mode.apply(sampler);
+        let mut out = run(&rc);
+        let times: Vec<f64> = (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                out = run(&rc);
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        let per = median(times) / rows as f64;
+        let greedy = match agree {
+            true => {
+                run(&RolloutConfig {
+                    temperature: 0.0,
+                    top_p: None,
+                    ..rc.clone()
+                })
+                .completion_ids
+            }
+            false => Vec::new(),
+        };
+        let (base_s, base_positions, base_ids) = exact[usize::from(mode.blocks)].get_or_insert((
+            per,
+            out.cost.query_tokens,
+            greedy.clone(),
+        ));
+        let agreement = match agree {
+            true => format!("{:.1}%", 100.0 * agreement(&greedy, base_ids)),
+            false => "-".to_string(),
+        };
+        println!(
+            "  {:<20} {:>7} {:>6} {:>9.1}% {:>12.2} {:>9.3} {:>7.2}x {:>7}",
+            mode.name,
+            out.cost.forward_passes,
+            out.cost.full_passes,
+            100.0 * out.cost.query_tokens as f64 / *base_positions as f64,
+            out.cost.flops(model.config()) / rows as f64 / 1e9,
+            per,
+            *base_s / per,
+            agreement,
+        );
+    }
+}
+
+fn embedded_coder() -> (DiffusionLm<Cpu>, Tokenizer) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/tiny-coder");
+    let model = coupled_grpo::model::load_pretrained::<Cpu>(&dir, &Default::default()).unwrap();
+    let tok = coupled_grpo::model::load_tokenizer(&dir, model.config()).unwrap();
+    (model, tok)
+}
+
+/// The first `n` held-out toy tasks' prompts in the training chat format.
+fn held_out_prompts(model: &DiffusionLm<Cpu>, n: usize) -> Vec<String> {
+    held_out_tasks(n)
+        .iter()
+        .map(|t| Evaluator::prompt(model.config().family, t, &training_style()).unwrap())
+        .collect()
+}
+
+fn held_out_tasks(n: usize) -> Vec<coupled_grpo::data::Task> {
+    coupled_grpo::data::synthetic::Generator::new(coupled_grpo::data::synthetic::Split::HeldOut, 0)
+        .distinct(n)
+        .unwrap()
+}
+
+fn training_style() -> EvalConfig {
+    EvalConfig {
+        prompt_style: PromptStyle::Training,
+        ..EvalConfig::default()
+    }
+}
+
+/// Held-out pass@1 of the embedded coder (assets/tiny-coder) decoded greedily as the main job
+/// evaluates it (K = 48 in 24 steps, blocks of 16 where named), per mode, with the positions
+/// computed and the agreement of its tokens with exact decoding.
+fn coder_pass_at_1(model: &DiffusionLm<Cpu>, tok: &Tokenizer) {
+    use coupled_grpo::sandbox::{Limits, Pool, WasmConfig, WasmExecutor};
+    let n: usize = arg("--eval-tasks", 100);
+    let tasks = held_out_tasks(n);
+    let prompts = held_out_prompts(model, n);
+    let executor = std::sync::Arc::new(WasmExecutor::new(WasmConfig::default()).unwrap());
+    let evaluator = Evaluator::new(
+        Pool::new(executor, 2),
+        Limits {
+            test_timeout: std::time::Duration::from_secs(2),
+            ..Limits::default()
+        },
+    );
+    let base = RolloutConfig {
+        max_new_tokens: 48,
+        steps: 24,
+        temperature: 0.0,
+        top_p: None,
+        max_prompt_length: 128,
+        truncate_text: false,
+        chunk_rows: Some(64),
+        num_completions: 1,
+        seed: 0,
+        ..RolloutConfig::default()
+    };
+    println!(
+        "\n  embedded coder, {n} held-out toy tasks, greedy, K = 48 in 24 steps (the main job's evaluation)"
+    );
+    println!(
+        "  {:<20} {:>7} {:>7} {:>10} {:>7} {:>9}",
+        "mode", "pass@1", "passes", "positions", "agree", "seconds"
+    );
+    let mut exact: [Option<(Vec<Vec<u32>>, usize)>; 2] = [None, None];
+    for mode in MODES {
+        let rollout = mode.apply(&base);
+        let eval = EvalConfig {
+            rollout: rollout.clone(),
+            tasks_per_batch: 50,
+            ..training_style()
+        };
+        let t = Instant::now();
+        let report = evaluator.evaluate(model, tok, &tasks, &eval).unwrap();
+        let seconds = t.elapsed().as_secs_f64();
+        let batch = prompt_rows(model, tok, &prompts, &rollout).unwrap();
+        let d = decode_rows(model, tok, &batch, 0..batch.ids.len(), &rollout).unwrap();
+        let (base_ids, full) = exact[usize::from(mode.blocks)]
+            .get_or_insert((d.completion_ids.clone(), d.cost.query_tokens));
+        println!(
+            "  {:<20} {:>7.3} {:>7} {:>9.1}% {:>6.1}% {:>9.1}",
+            mode.name,
+            report.pass_at_1(),
+            d.cost.forward_passes,
+            100.0 * d.cost.query_tokens as f64 / *full as f64,
+            100.0 * agreement(&d.completion_ids, base_ids),
+            seconds
+        );
     }
 }
 

@@ -77,6 +77,10 @@ struct Args {
     /// Override any config value: `--set grpo.beta=0.02`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// Evaluate with the rollouts' cache and parallel decoding (greedy) instead of exact
+    /// greedy decoding.
+    #[arg(long)]
+    eval_as_rollouts: bool,
     /// No progress bar (for logs).
     #[arg(long)]
     quiet: bool,
@@ -121,7 +125,17 @@ fn run<B: AutodiffBackend>(args: &Args, devices: Vec<B::Device>) -> Result<()> {
         Pool::new(build_executor(&config)?, config.sandbox.workers),
         sandbox_limits(&config),
     );
-    let eval = eval_config(&config);
+    let mut eval = eval_config(&config);
+    if args.eval_as_rollouts {
+        eval.rollout = coupled_grpo::rollout::RolloutConfig {
+            cache: config.rollout.cache,
+            cache_refresh: config.rollout.cache_refresh,
+            confidence_threshold: config.rollout.confidence_threshold,
+            max_tokens_per_step: config.rollout.max_tokens_per_step,
+            early_completion: config.rollout.early_completion,
+            ..eval.rollout
+        };
+    }
     let max_steps = config.grpo.max_steps;
     let options = RunOptions {
         max_steps,

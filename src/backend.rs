@@ -45,6 +45,25 @@ pub type CudaUnfusedAutodiffCheckpointed = burn::backend::Autodiff<
     burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing,
 >;
 
+/// The wgpu backend (burn-wgpu with burn-fusion, f32 compute, WGSL shaders): the CubeCL code
+/// paths on any Vulkan/Metal/DX12 device. Without a GPU, Mesa's lavapipe runs it on the CPU
+/// (`WgpuDevice::Cpu`, or `CUBECL_WGPU_DEFAULT_DEVICE=Cpu`): that is how the tests check the
+/// CubeCL kernels against flex (storage buffers up to 128 MiB there, no bf16). Built without
+/// autotune, as `Cuda`.
+#[cfg(feature = "wgpu")]
+pub type Wgpu = burn::backend::Wgpu<f32, i32>;
+/// [`Wgpu`] with autodiff, for training.
+#[cfg(feature = "wgpu")]
+pub type WgpuAutodiff = burn::backend::Autodiff<Wgpu>;
+/// wgpu without burn-fusion: one kernel per tensor op (the wgpu counterpart of `CudaUnfused`);
+/// CubeCL kernels run on its tensors directly instead of as custom fusion operations.
+#[cfg(feature = "wgpu")]
+pub type WgpuUnfused =
+    burn_cubecl::CubeBackend<burn_cubecl::cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
+/// [`WgpuUnfused`] with autodiff.
+#[cfg(feature = "wgpu")]
+pub type WgpuUnfusedAutodiff = burn::backend::Autodiff<WgpuUnfused>;
+
 /// Memory of the CubeCL CUDA pool on the default device: `(bytes in use, bytes reserved)`.
 /// Fused and unfused backends share the runtime's client, so this covers both.
 #[cfg(feature = "cuda")]

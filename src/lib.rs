@@ -14,16 +14,20 @@
 //! | [`grpo`] | advantages, clipped loss with k3 KL, optimizer/schedule, reference sync, trainer, checkpoints |
 //! | [`eval`] | pass@k of a model on tasks through the sandbox, AR-ness of its rollouts |
 //! | [`metrics`] | TRL-named metrics sink, pass@k |
+//! | `cube` | CubeCL kernels taken when the backend is CUDA or wgpu (features `cuda`, `wgpu`): flash attention in the rollout forward, fused log-softmax + gather, RMSNorm, RoPE, SiLU·up |
 //! | [`cpu`] | vectorised kernels and host paths taken when the backend is flex (CPU): exp, SiLU·up, softmax, radix argsort |
 //! | [`perf`] | shared timing helpers for benches and `coupled-grpo bench` |
 //! | [`plan`] | the memory plan of an update: bytes per device by part, fits 80 / 141 GB |
 //!
 //! Backends are chosen at the edge: the library is generic over `burn::tensor::backend::Backend`;
 //! tests and the embedded default use the flex CPU backend ([`backend::Cpu`]), the `cuda`
-//! feature adds burn-cuda (`backend::Cuda`).
+//! feature adds burn-cuda (`backend::Cuda`), the `wgpu` feature burn-wgpu (`backend::Wgpu`; on
+//! a machine without a GPU, Mesa's lavapipe runs it on the CPU for the CubeCL tests).
 
 pub mod backend;
 pub mod cpu;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub mod cube;
 pub mod data;
 pub mod error;
 pub mod estimator;

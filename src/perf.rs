@@ -454,6 +454,7 @@ fn synthetic_rollout(model: &ModelConfig, rows: usize, p: usize, k: usize) -> Re
         group: (0..rows).collect(),
         traces: None,
         forward_passes: 0,
+        cost: Default::default(),
     })
 }
 

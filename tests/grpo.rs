@@ -198,6 +198,7 @@ fn rollout_from(b: &ScoreBatch) -> RolloutBatch {
         group: (0..b.rows()).map(|r| r / 2).collect(),
         traces: None,
         forward_passes: 0,
+        cost: Default::default(),
     }
 }
 

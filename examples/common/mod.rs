@@ -8,17 +8,24 @@ use coupled_grpo::data::Task;
 use coupled_grpo::eval::{EvalConfig, PromptStyle};
 use coupled_grpo::grpo::trainer::load_tasks;
 use coupled_grpo::grpo::TrainConfig;
-use coupled_grpo::rollout::RolloutConfig;
+use coupled_grpo::rollout::{CacheMode, RolloutConfig};
 
 /// Greedy held-out evaluation with the training prompt and the run's decoding length and steps.
 pub fn eval_config(config: &TrainConfig) -> EvalConfig {
     EvalConfig {
+        // Exact decoding whatever the rollouts use (cache, parallel decoding, early
+        // completion), so that runs with different rollout settings are scored alike.
         rollout: RolloutConfig {
             temperature: 0.0,
             top_p: None,
             top_k: None,
             truncate_text: false,
             chunk_rows: Some(64),
+            cache: CacheMode::None,
+            cache_refresh: 0,
+            confidence_threshold: None,
+            max_tokens_per_step: None,
+            early_completion: false,
             ..config.rollout.clone()
         },
         prompt_style: PromptStyle::Training,

@@ -38,11 +38,14 @@ impl SharedMut {
 /// `softmax(q kᵀ + bias) v` per query head, query head `i` using kv head `i / (heads / kv)`.
 /// `q` must already carry RoPE and the `head_dim^-1/2` scale. Call only where [`applies`].
 ///
+/// Queries and keys may differ in number (a window of queries over cached keys and values);
+/// training (autodiff) needs them equal.
+///
 /// # Shapes
-/// - q: `[batch, seq, heads, head_dim]`
-/// - k, v: `[batch, seq, kv_heads, head_dim]`
-/// - bias: `[batch, 1, seq, seq]` additive (0 = attend), or `None`
-/// - returns `[batch, seq, heads · head_dim]`
+/// - q: `[batch, seq_q, heads, head_dim]`
+/// - k, v: `[batch, seq_k, kv_heads, head_dim]`
+/// - bias: `[batch, 1, seq_q, seq_k]` additive (0 = attend), or `None`
+/// - returns `[batch, seq_q, heads · head_dim]`
 pub fn grouped_attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
@@ -52,11 +55,20 @@ pub fn grouped_attention<B: Backend>(
     if let Some(strategy) = super::autodiff::strategy::<B>() {
         return super::autodiff::grouped_attention(strategy, q, k, v, bias);
     }
-    let [b, s, h, hd] = q.dims();
-    let kv = k.dims()[2];
+    let [b, sq, h, hd] = q.dims();
+    let [_, sk, kv, _] = k.dims();
     let (q, k, v) = (expect_flex(q), expect_flex(k), expect_flex(v));
     let bias = bias.map(|t| expect_flex(t.cast(DType::F32)));
-    from_flex(attend_flex(&q, &k, &v, bias.as_ref(), [b, s, h, kv, hd]))
+    let mut out = super::flex_zeros([b, sq, h * hd]);
+    attend(
+        q.storage::<f32>(),
+        k.storage::<f32>(),
+        v.storage::<f32>(),
+        bias.as_ref().map(|t| t.storage::<f32>()),
+        out.storage_mut::<f32>(),
+        [b, sq, sk, h, kv, hd],
+    );
+    from_flex(out)
 }
 
 /// [`attend`] on contiguous flex tensors; returns `[batch, seq, heads · head_dim]`.
@@ -74,37 +86,39 @@ pub(super) fn attend_flex(
         v.storage::<f32>(),
         bias.map(|t| t.storage::<f32>()),
         out.storage_mut::<f32>(),
-        [b, s, h, kv, hd],
+        [b, s, s, h, kv, hd],
     );
     out
 }
 
 /// `p ← softmax(q kᵀ + bias)` for one head: `q` and `k` start at the head's first element, with
-/// rows `q_rs` and `kv_rs` apart; `bias` and `p` are this sequence's `s × s`.
+/// rows `q_rs` and `kv_rs` apart; `bias` and `p` are this sequence's `sq × sk`.
 fn probabilities(
     q: &[f32],
     k: &[f32],
     bias: Option<&[f32]>,
     p: &mut [f32],
-    [s, hd, q_rs, kv_rs]: [usize; 4],
+    [sq, sk, hd, q_rs, kv_rs]: [usize; 5],
 ) {
-    debug_assert!(p.len() == s * s);
+    debug_assert!(p.len() == sq * sk);
     debug_assert!(
-        s == 0 || (q.len() > (s - 1) * q_rs + hd - 1 && k.len() > (s - 1) * kv_rs + hd - 1)
+        sq == 0
+            || sk == 0
+            || (q.len() > (sq - 1) * q_rs + hd - 1 && k.len() > (sk - 1) * kv_rs + hd - 1)
     );
-    // SAFETY: rows < s and columns < hd of q and k lie inside this sequence and head (the callers'
-    // layout checks); p is s × s.
+    // SAFETY: rows < sq (sk) and columns < hd of q (k) lie inside this sequence and head (the
+    // callers' layout checks); p is sq × sk.
     unsafe {
         matmul(
-            (s, s, hd),
+            (sq, sk, hd),
             p.as_mut_ptr(),
-            s,
+            sk,
             View::rows(q, q_rs),
             View::rows(k, kv_rs).t(),
             false,
         );
     }
-    softmax_rows_inplace(p, bias, s);
+    softmax_rows_inplace(p, bias, sk);
 }
 
 fn attend(
@@ -113,10 +127,10 @@ fn attend(
     v: &[f32],
     bias: Option<&[f32]>,
     out: &mut [f32],
-    [b, s, h, kv, hd]: [usize; 5],
+    [b, sq, sk, h, kv, hd]: [usize; 6],
 ) {
-    debug_assert!(q.len() == b * s * h * hd && out.len() == q.len());
-    debug_assert!(k.len() == b * s * kv * hd && v.len() == k.len());
+    debug_assert!(q.len() == b * sq * h * hd && out.len() == q.len());
+    debug_assert!(k.len() == b * sk * kv * hd && v.len() == k.len());
     let rep = h / kv;
     let (q_rs, kv_rs) = (h * hd, kv * hd);
     let dst = SharedMut(out.as_mut_ptr());
@@ -125,27 +139,27 @@ fn attend(
         .for_each_init(Vec::new, |scores: &mut Vec<f32>, task| {
             let (seq, head) = (task / h, task % h);
             let (q_off, kv_off) = (
-                seq * s * q_rs + head * hd,
-                seq * s * kv_rs + (head / rep) * hd,
+                seq * sq * q_rs + head * hd,
+                seq * sk * kv_rs + (head / rep) * hd,
             );
-            scores.resize(s * s, 0.0);
-            let bias = bias.map(|b| &b[seq * s * s..(seq + 1) * s * s]);
+            scores.resize(sq * sk, 0.0);
+            let bias = bias.map(|b| &b[seq * sq * sk..(seq + 1) * sq * sk]);
             probabilities(
                 &q[q_off..],
                 &k[kv_off..],
                 bias,
                 scores,
-                [s, hd, q_rs, kv_rs],
+                [sq, sk, hd, q_rs, kv_rs],
             );
-            // SAFETY: v's rows < s and columns < hd lie inside this sequence; the output block
+            // SAFETY: v's rows < sk and columns < hd lie inside this sequence; the output block
             // of (seq, head) is disjoint from every other task's.
             unsafe {
                 // out = P v
                 matmul(
-                    (s, hd, s),
+                    (sq, hd, sk),
                     dst.ptr().add(q_off),
                     q_rs,
-                    View::rows(scores, s),
+                    View::rows(scores, sk),
                     View::rows(&v[kv_off..], kv_rs),
                     false,
                 );
@@ -192,7 +206,7 @@ pub(super) fn attend_backward(
                 let q_off = seq * s * q_rs + head * hd;
                 let (q, d_o) = (&q[q_off..], &d_out[q_off..]);
                 let accumulate = i > 0;
-                probabilities(q, k, bias, p, [s, hd, q_rs, kv_rs]);
+                probabilities(q, k, bias, p, [s, s, hd, q_rs, kv_rs]);
                 // SAFETY: as in `attend`; this task alone writes dQ of its heads and dK/dV of its
                 // (sequence, group).
                 unsafe {

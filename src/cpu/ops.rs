@@ -3,7 +3,7 @@
 //! other backend or dtype.
 
 use burn::tensor::activation::{log_softmax, silu, softmax};
-use burn::tensor::{backend::Backend, DType, Tensor};
+use burn::tensor::{backend::Backend, DType, Int, Tensor};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
@@ -35,6 +35,12 @@ pub fn silu_mul<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>
             return autodiff::silu_mul(strategy, gate, up);
         }
     }
+    // CUDA / wgpu: one element-wise kernel (and one for the backward) instead of two.
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    let (gate, up) = match crate::cube::silu::try_silu_mul(gate, up) {
+        Ok(out) => return out,
+        Err(inputs) => inputs,
+    };
     silu(gate) * up
 }
 
@@ -87,6 +93,37 @@ pub fn log_softmax_last<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B
         Some(strategy) if autodiff::inner_f32(&[&x]) => autodiff::log_softmax_last(strategy, x),
         _ => log_softmax(x, D - 1),
     }
+}
+
+/// `log_softmax(x)` over the last dimension, gathered at `targets` (the target token's
+/// log-probability). On CUDA / wgpu one kernel per direction that never materialises the
+/// `[..., n]` log-softmax (see `crate::cube::log_prob`); elsewhere [`log_softmax_last`] and
+/// Burn's `gather`.
+///
+/// # Shapes
+/// - x: `[..., n]`
+/// - targets: `[..., 1]` ids in `[0, n)`
+/// - returns `[..., 1]`
+pub fn log_softmax_gather<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    targets: Tensor<B, D, Int>,
+) -> Tensor<B, D> {
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    let (x, targets) = if crate::cube::runtime::has_kernels::<B>()
+        && targets.dims()[D - 1] == 1
+        && targets.dims()[..D - 1] == x.dims()[..D - 1]
+    {
+        let (dims, t_dims) = (x.dims(), targets.dims());
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let flat = (x.reshape([rows, dims[D - 1]]), targets.reshape([rows]));
+        match crate::cube::log_prob::try_log_softmax_gather(flat.0, flat.1) {
+            Ok(lp) => return lp.reshape(t_dims),
+            Err((x, t)) => (x.reshape(dims), t.reshape(t_dims)),
+        }
+    } else {
+        (x, targets)
+    };
+    log_softmax_last(x).gather(D - 1, targets)
 }
 
 /// `x · weight + bias` over the last dimension (weight stored `[d_in, d_out]`). On flex f32 the
@@ -189,6 +226,12 @@ pub fn rope<B: Backend>(
             return autodiff::rope(strategy, x, cos, sin, scale);
         }
     }
+    // CUDA / wgpu: one element-wise kernel instead of the permutation matmul and three more.
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    let (x, cos, sin) = match crate::cube::rope::try_rope(x, cos, sin, scale) {
+        Ok(out) => return out,
+        Err(inputs) => inputs,
+    };
     let rotated = x
         .clone()
         .reshape([b * s * h, d])
@@ -282,6 +325,19 @@ pub fn rms_norm<B: Backend, const D: usize>(
             return autodiff::rms_norm(strategy, x, weight, eps as f32);
         }
     }
+    // CUDA / wgpu: one kernel per direction (rows flattened; a reshape of a contiguous
+    // activation is free).
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    let (x, weight) = if crate::cube::runtime::has_kernels::<B>() {
+        let dims = x.dims();
+        let rows = dims[..D - 1].iter().product::<usize>();
+        match crate::cube::norm::try_rms_norm(x.reshape([rows, d]), weight, eps as f32) {
+            Ok(out) => return out.reshape(dims),
+            Err((x, weight)) => (x.reshape(dims), weight),
+        }
+    } else {
+        (x, weight)
+    };
     // HF computes the statistics in f32 and casts back before the weight multiply.
     let dtype = x.dtype();
     let x32 = x.cast(DType::F32);

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::head::{target_log_probs, HeadWeight};
 use super::masks::MaskSeed;
-use crate::cpu::ops::log_softmax_last;
+use crate::cpu::ops::log_softmax_gather;
 use crate::model::DiffusionLm;
 use crate::{Error, Result};
 
@@ -407,12 +407,11 @@ pub fn completion_log_probs<B: Backend>(
         let logits = model
             .logits_from_hidden(hidden.clone().slice([start..end, 0..k, 0..h]))
             .cast(DType::F32);
-        let lp = log_softmax_last(logits);
         let idx = targets
             .clone()
             .slice([start..end, 0..k])
             .unsqueeze_dim::<3>(2);
-        parts.push(lp.gather(2, idx).squeeze_dim::<2>(2));
+        parts.push(log_softmax_gather(logits, idx).squeeze_dim::<2>(2));
         start = end;
     }
     if parts.len() == 1 {

@@ -6,9 +6,10 @@
 //! the weight, the targets and the log-partitions; its backward recomputes each chunk's logits,
 //! turns them into `dlogits = d · (onehot(y) − softmax)` and forms `dh = dlogits · Wᵀ` and, when
 //! the weight is tracked (it is not under LoRA, where the head is frozen), `dW`. Autodiff over
-//! each of the project's backends (flex, CUDA; either checkpoint strategy) gets the node; the
-//! chunks run on the `cpu::head` kernels for flex f32 and on Burn's ops otherwise. Another
-//! autodiff backend falls back to Burn's ops, which are correct but keep the logits.
+//! each of the project's backends (flex, CUDA, wgpu; either checkpoint strategy) gets the node;
+//! the chunks run on the `cpu::head` kernels for flex f32, on the fused log-softmax/gather
+//! kernels of `cube::log_prob` for CUDA and wgpu, and on Burn's ops otherwise. Another autodiff
+//! backend falls back to Burn's ops, which are correct but keep the logits.
 
 use std::any::{Any, TypeId};
 
@@ -105,6 +106,14 @@ pub fn target_log_probs<B: Backend>(
         fused_on!(Cuda, BalancedCheckpointing);
         fused_on!(CudaUnfused, NoCheckpointing);
         fused_on!(CudaUnfused, BalancedCheckpointing);
+    }
+    #[cfg(feature = "wgpu")]
+    {
+        use crate::backend::{Wgpu, WgpuUnfused};
+        fused_on!(Wgpu, NoCheckpointing);
+        fused_on!(Wgpu, BalancedCheckpointing);
+        fused_on!(WgpuUnfused, NoCheckpointing);
+        fused_on!(WgpuUnfused, BalancedCheckpointing);
     }
     forward(hidden, &head, targets, chunk).0
 }
@@ -258,17 +267,25 @@ fn host_tensor<B: Backend, const D: usize>(
     Tensor::from_data(TensorData::new(values, shape), device)
 }
 
-/// Logits of `hidden` in f32 (the product runs in the parameters' dtype).
+/// Logits of `hidden` in the parameters' dtype.
 ///
 /// # Shapes
 /// - hidden: `[c, hidden]` → `[c, vocab]`
-fn logits<B: Backend>(hidden: Tensor<B, 2>, head: &HeadWeight<B>) -> Tensor<B, 2> {
+fn raw_logits<B: Backend>(hidden: Tensor<B, 2>, head: &HeadWeight<B>) -> Tensor<B, 2> {
     let w = head.weight.clone();
     let w = match head.layout {
         HeadLayout::InOut => w,
         HeadLayout::OutIn => w.transpose(),
     };
-    hidden.matmul(w).cast(DType::F32)
+    hidden.matmul(w)
+}
+
+/// Logits of `hidden` in f32 (the product runs in the parameters' dtype).
+///
+/// # Shapes
+/// - hidden: `[c, hidden]` → `[c, vocab]`
+fn logits<B: Backend>(hidden: Tensor<B, 2>, head: &HeadWeight<B>) -> Tensor<B, 2> {
+    raw_logits(hidden, head).cast(DType::F32)
 }
 
 /// `(log p(target), log-partition)`, both `[m]` f32, `chunk` rows of logits at a time.
@@ -290,6 +307,18 @@ fn forward<B: Backend>(
     let (mut lps, mut lses) = (Vec::new(), Vec::new());
     for r0 in (0..m).step_by(chunk) {
         let r1 = (r0 + chunk).min(m);
+        // CUDA / wgpu: one kernel reads the logits in the parameters' dtype (no f32 copy) and
+        // writes the row's log-probability and log-partition (see `crate::cube::log_prob`).
+        #[cfg(any(feature = "cuda", feature = "wgpu"))]
+        if crate::cube::is_cube::<B>() {
+            let raw = raw_logits(hidden.clone().slice([r0..r1, 0..d]), head);
+            let idx = targets.clone().narrow(0, r0, r1 - r0);
+            if let Ok((lp, lse)) = crate::cube::log_prob::try_forward(raw, idx) {
+                lps.push(lp);
+                lses.push(lse);
+                continue;
+            }
+        }
         let logits = logits(hidden.clone().slice([r0..r1, 0..d]), head); // [c, V]
         let max = logits.clone().max_dim(1); // [c, 1]
         let lse = (logits.clone() - max.clone()).exp().sum_dim(1).log() + max;
@@ -298,6 +327,39 @@ fn forward<B: Backend>(
         lses.push(lse.squeeze_dim::<1>(1));
     }
     (Tensor::cat(lps, 0), Tensor::cat(lses, 0))
+}
+
+/// `dlogits = d · (onehot(target) − softmax)` of a chunk by the fused CubeCL kernel (one
+/// element-wise pass, in the parameters' dtype) on CUDA / wgpu; `None` on other backends.
+///
+/// # Shapes
+/// - hc: `[c, hidden]`; idx: `[c]`; lse, dl: `[c, 1]` → `[c, vocab]`
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn cube_dlogits<B: Backend>(
+    hc: &Tensor<B, 2>,
+    head: &HeadWeight<B>,
+    idx: &Tensor<B, 1, Int>,
+    lse: &Tensor<B, 2>,
+    dl: &Tensor<B, 2>,
+) -> Option<Tensor<B, 2>> {
+    if !crate::cube::is_cube::<B>() {
+        return None;
+    }
+    let raw = raw_logits(hc.clone(), head);
+    let (lse, dl) = (lse.clone().squeeze_dim(1), dl.clone().squeeze_dim(1));
+    crate::cube::log_prob::try_backward(raw, idx.clone(), lse, dl)
+}
+
+/// Without a CubeCL backend in the build there is no kernel.
+#[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+fn cube_dlogits<B: Backend>(
+    _: &Tensor<B, 2>,
+    _: &HeadWeight<B>,
+    _: &Tensor<B, 1, Int>,
+    _: &Tensor<B, 2>,
+    _: &Tensor<B, 2>,
+) -> Option<Tensor<B, 2>> {
+    None
 }
 
 /// `(dh, dW)` of `Σ_i d_lp[i] · log p(target_i)`; `dW` (in the weight's layout and dtype) only
@@ -339,10 +401,13 @@ fn backward<B: Backend>(
             lse.clone().narrow(0, r0, r1 - r0).unsqueeze_dim::<2>(1),
             d_lp.clone().narrow(0, r0, r1 - r0).unsqueeze_dim::<2>(1),
         );
-        let idx = targets.clone().narrow(0, r0, r1 - r0).unsqueeze_dim::<2>(1);
-        let p = (logits(hc.clone(), head) - lse).exp();
-        let g = (p * dl.clone().neg()).scatter(1, idx, dl, IndexingUpdateOp::Add);
-        let g = g.cast(dtype); // [c, V]
+        let idx = targets.clone().narrow(0, r0, r1 - r0);
+        let g = cube_dlogits(&hc, head, &idx, &lse, &dl).unwrap_or_else(|| {
+            let idx = idx.unsqueeze_dim::<2>(1);
+            let p = (logits(hc.clone(), head) - lse).exp();
+            let g = (p * dl.clone().neg()).scatter(1, idx, dl, IndexingUpdateOp::Add);
+            g.cast(dtype) // [c, V]
+        });
         let w = head.weight.clone();
         dhs.push(match head.layout {
             HeadLayout::InOut => g.clone().matmul(w.transpose()),

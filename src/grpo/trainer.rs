@@ -77,6 +77,32 @@ pub struct IterationStats {
     pub optimizer_time: f64,
 }
 
+/// What a round's rollout computed besides its completions.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RolloutExtras {
+    /// Positions run through the layers (`rollout/forward_positions`; less than passes × rows
+    /// × sequence length with a cache).
+    pub positions: usize,
+    /// Mean local and global AR-ness@1 of the rows (`record_trace` only).
+    pub ar_ness: Option<(f64, f64)>,
+}
+
+impl RolloutExtras {
+    fn new(positions: usize, local: f32, global: f32, traced: f32) -> Self {
+        let mean = |sum: f32| sum as f64 / traced as f64;
+        let ar_ness = (traced > 0.0).then(|| (mean(local), mean(global)));
+        Self { positions, ar_ness }
+    }
+}
+
+/// Σ local AR-ness@1, Σ global AR-ness@1 and the number of traces.
+fn ar_sums(traces: Option<&[rollout::DecodeTrace]>) -> [f32; 3] {
+    traces.into_iter().flatten().fold([0.0; 3], |[l, g, n], t| {
+        let first = |v: Vec<f64>| v.first().copied().unwrap_or(0.0) as f32;
+        [l + first(t.local_ar()), g + first(t.global_ar()), n + 1.0]
+    })
+}
+
 /// Everything measured in one rollout round ([`Trainer::step`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepStats {
@@ -106,6 +132,8 @@ pub struct StepStats {
     pub rows: usize,
     pub rollout_time: f64,
     pub rollout_forward_passes: usize,
+    /// The rollout's work and decode order.
+    pub rollout_extras: RolloutExtras,
     pub reward_time: f64,
     pub sandbox: Option<SandboxStats>,
     /// Sequences forwarded for scoring (old, ref and the updates).
@@ -164,6 +192,14 @@ impl StepStats {
             self.rollout_forward_passes as f64,
         );
         put(names::ROLLOUT_ROWS, self.rows as f64);
+        put(
+            names::ROLLOUT_FORWARD_POSITIONS,
+            self.rollout_extras.positions as f64,
+        );
+        if let Some((local, global)) = self.rollout_extras.ar_ness {
+            put(names::ROLLOUT_LOCAL_AR, local);
+            put(names::ROLLOUT_GLOBAL_AR, global);
+        }
         put(
             names::ESTIMATOR_FORWARD_PASSES,
             self.estimator_forward_passes as f64,
@@ -587,7 +623,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             .collect();
 
         let t = Instant::now();
-        let rollout = self.rollout(round, &prompts)?;
+        let (rollout, rollout_extras) = self.rollout(round, &prompts)?;
         let rollout_time = t.elapsed().as_secs_f64();
 
         let t = Instant::now();
@@ -629,6 +665,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         stats.reward_time = reward_time;
         stats.rollout_time = rollout_time;
         stats.rollout_forward_passes = rollout.forward_passes;
+        stats.rollout_extras = rollout_extras;
         stats.rows = rollout.texts.len();
 
         self.step += 1;
@@ -658,11 +695,14 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// The round's rollout: all of it, on every worker. A worker of a data-parallel run decodes
     /// its own rows of the whole round's left-padded batch, and the completions are gathered.
-    fn rollout(&self, round: u64, prompts: &[String]) -> Result<RolloutBatch> {
+    fn rollout(&self, round: u64, prompts: &[String]) -> Result<(RolloutBatch, RolloutExtras)> {
         let config = self.rollout_config(round);
         let policy = self.policy().valid();
         let Some(shard) = &self.shard else {
-            return rollout::generate(&policy, &self.tokenizer, prompts, &config);
+            let batch = rollout::generate(&policy, &self.tokenizer, prompts, &config)?;
+            let [local, global, traced] = ar_sums(batch.traces.as_deref());
+            let extras = RolloutExtras::new(batch.cost.query_tokens, local, global, traced);
+            return Ok((batch, extras));
         };
         let batch = rollout::prompt_rows(&policy, &self.tokenizer, prompts, &config)?;
         let (total, k) = (batch.ids.len(), config.max_new_tokens);
@@ -682,9 +722,16 @@ impl<B: AutodiffBackend> Trainer<B> {
             .map(|row| row.iter().map(|&t| t as u32).collect())
             .collect();
         decoded.forward_passes = shard.sum_count("rollout passes", decoded.forward_passes)?;
-        // Traces stay with the worker that decoded them.
+        // Traces stay with the worker that decoded them: their AR-ness sums travel.
+        let mut sums = ar_sums(decoded.traces.as_deref()).to_vec();
+        sums.push(decoded.cost.query_tokens as f32);
+        let sums = shard.sum("rollout extras", sums)?;
         decoded.traces = None;
-        rollout::assemble(&self.tokenizer, batch, decoded, &config)
+        let extras = RolloutExtras::new(sums[3].round() as usize, sums[0], sums[1], sums[2]);
+        Ok((
+            rollout::assemble(&self.tokenizer, batch, decoded, &config)?,
+            extras,
+        ))
     }
 
     /// The rewards of every row of the round; a worker scores its own rows and the results
@@ -811,6 +858,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             rows,
             rollout_time: 0.0,
             rollout_forward_passes: 0,
+            rollout_extras: RolloutExtras::default(),
             reward_time: 0.0,
             sandbox: None,
             estimator_forward_passes: forward_passes,

@@ -50,6 +50,12 @@ pub const ROLLOUT_TIME: &str = "rollout/time";
 pub const ROLLOUT_FORWARD_PASSES: &str = "rollout/forward_passes";
 pub const ROLLOUT_ROWS: &str = "rollout/rows";
 pub const ROLLOUT_TOKENS_PER_SECOND: &str = "rollout/tokens_per_second";
+/// Positions run through the layers by the round's rollout (all passes and rows).
+pub const ROLLOUT_FORWARD_POSITIONS: &str = "rollout/forward_positions";
+/// Mean local AR-ness@1 of the round's rollouts (with `rollout.record_trace`).
+pub const ROLLOUT_LOCAL_AR: &str = "rollout/local_ar_1";
+/// Mean global AR-ness@1 of the round's rollouts (with `rollout.record_trace`).
+pub const ROLLOUT_GLOBAL_AR: &str = "rollout/global_ar_1";
 
 pub const ESTIMATOR_T_MEAN: &str = "estimator/t_mean";
 pub const ESTIMATOR_FORWARD_PASSES: &str = "estimator/forward_passes";

@@ -74,11 +74,23 @@ impl<B: Backend> Attention<B> {
         rope: &Rope<B>,
         bias: Option<&AttentionBias<B>>,
     ) -> Tensor<B, 3> {
+        let (q, k, v) = self.project(x, rope);
+        self.attend(q, k, v, bias)
+    }
+
+    /// The query, key and value projections with RoPE; `q` also carries the `head_dim^-1/2`
+    /// scale.
+    ///
+    /// # Shapes
+    /// - x: `[batch, seq, hidden]`, rope: tables for `[batch, seq]`
+    /// - returns q `[batch, seq, heads, head_dim]`, k and v `[batch, seq, kv_heads, head_dim]`
+    pub fn project(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &Rope<B>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
         let [b, s, _] = x.dims();
         let (h, kv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let rep = h / kv;
-        let dtype = x.dtype();
-
         // RoPE on the projections' own [b, s, heads, hd] layout (contiguous).
         let scale = (hd as f64).powf(-0.5);
         let r = || rope.rotate_half.clone();
@@ -87,11 +99,43 @@ impl<B: Backend> Attention<B> {
         let k = self.k_proj.forward(x.clone()).reshape([b, s, kv, hd]);
         let k = apply_rope(k, rope.cos_k.clone(), rope.sin_k.clone(), r(), 1.0);
         let v = self.v_proj.forward(x).reshape([b, s, kv, hd]);
+        (q, k, v)
+    }
+
+    /// Attention of the queries over the keys and values, then `o_proj`. There may be fewer
+    /// queries than keys (a window over cached keys and values, inference only).
+    ///
+    /// # Shapes
+    /// - q: `[batch, seq_q, heads, head_dim]` (from [`Self::project`])
+    /// - k, v: `[batch, seq_k, kv_heads, head_dim]`
+    /// - bias: `[batch, 1, seq_q, seq_k]` ([`AttentionBias`]), or `None`
+    /// - returns `[batch, seq_q, hidden]`
+    pub fn attend(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        bias: Option<&AttentionBias<B>>,
+    ) -> Tensor<B, 3> {
+        let [b, s, _, _] = q.dims();
+        let (h, kv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let rep = h / kv;
+        let dtype = q.dtype();
         if attention::applies::<B>(dtype) {
             let bias = bias.map(|bias| bias.per_sequence.clone());
             return self
                 .o_proj
                 .forward(attention::grouped_attention(q, k, v, bias));
+        }
+        // CUDA / wgpu inference: flash attention, no `[b, heads, seq_q, seq_k]` scores.
+        #[cfg(any(feature = "cuda", feature = "wgpu"))]
+        if let Some(out) = crate::cube::attention::grouped_attention(
+            &q,
+            &k,
+            &v,
+            bias.map(|bias| &bias.per_sequence),
+        ) {
+            return self.o_proj.forward(out);
         }
 
         // Head-major for the attention products. GQA without copying K/V: query head i uses kv
@@ -99,7 +143,7 @@ impl<B: Backend> Attention<B> {
         // the sequence axis and share one K/V.
         let (q, k, v) = (q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
         let q = q.reshape([b, kv, rep * s, hd]);
-        let scores = q.matmul(k.swap_dims(2, 3)).cast(DType::F32); // [b, kv, rep*s, s]
+        let scores = q.matmul(k.swap_dims(2, 3)).cast(DType::F32); // [b, kv, rep*s, seq_k]
         let bias = bias.map(|bias| match &bias.grouped {
             Some(grouped) => grouped.clone(),
             None => expand_bias(bias.per_sequence.clone(), kv, rep),
@@ -125,9 +169,9 @@ impl<B: Backend> Attention<B> {
 /// once per forward, shared by every layer.
 #[derive(Debug, Clone)]
 pub struct AttentionBias<B: Backend> {
-    /// `[batch, 1, seq, seq]` f32 (0 = attend, large negative = blocked).
+    /// `[batch, 1, seq_q, seq_k]` f32 (0 = attend, large negative = blocked).
     pub per_sequence: Tensor<B, 4>,
-    /// `[batch, kv_heads, rep · seq, seq]`: `per_sequence` laid out like the grouped scores of
+    /// `[batch, kv_heads, rep · seq_q, seq_k]`: `per_sequence` laid out like the grouped scores of
     /// the generic path (contiguous, so that every layer adds it on the CPU backend's SIMD path
     /// instead of a strided broadcast loop); `None` where the fused flex path serves the model.
     pub grouped: Option<Tensor<B, 4>>,
@@ -135,9 +179,21 @@ pub struct AttentionBias<B: Backend> {
 
 impl<B: Backend> AttentionBias<B> {
     /// # Shapes
-    /// - per_sequence: `[batch, 1, seq, seq]`
-    pub fn new(per_sequence: Tensor<B, 4>, kv_heads: usize, rep: usize, dtype: DType) -> Self {
-        let grouped = (!attention::applies::<B>(dtype))
+    /// - per_sequence: `[batch, 1, seq_q, seq_k]`
+    pub fn new(
+        per_sequence: Tensor<B, 4>,
+        (kv_heads, rep, head_dim): (usize, usize, usize),
+        dtype: DType,
+    ) -> Self {
+        // The fused CPU path and the CubeCL flash kernel read `per_sequence` only.
+        #[cfg(any(feature = "cuda", feature = "wgpu"))]
+        let fused = crate::cube::attention::applies::<B>(dtype, head_dim);
+        #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+        let fused = {
+            let _ = head_dim;
+            false
+        };
+        let grouped = (!attention::applies::<B>(dtype) && !fused)
             .then(|| expand_bias(per_sequence.clone(), kv_heads, rep));
         Self {
             per_sequence,
@@ -146,8 +202,8 @@ impl<B: Backend> AttentionBias<B> {
     }
 }
 
-/// The padding bias `[batch, 1, seq, seq]` laid out like the grouped scores,
-/// `[batch, kv_heads, rep · seq, seq]`, contiguous.
+/// The padding bias `[batch, 1, seq_q, seq_k]` laid out like the grouped scores,
+/// `[batch, kv_heads, rep · seq_q, seq_k]`, contiguous.
 pub fn expand_bias<B: Backend>(bias: Tensor<B, 4>, kv_heads: usize, rep: usize) -> Tensor<B, 4> {
     bias.repeat_dim(2, rep).repeat_dim(1, kv_heads)
 }

@@ -52,10 +52,20 @@ impl<B: Backend> Block<B> {
         rope: &Rope<B>,
         bias: Option<&AttentionBias<B>>,
     ) -> Tensor<B, 3> {
-        let x = x.clone()
-            + self
-                .self_attn
-                .forward(self.input_layernorm.forward(x), rope, bias);
+        self.forward_with(x, |attn, h| attn.forward(h, rope, bias))
+    }
+
+    /// The block with its attention step supplied by the caller (called with the normed input;
+    /// the cached forward passes of [`super::kv_cache`] keep or reuse keys and values there).
+    ///
+    /// # Shapes
+    /// - x: `[batch, seq, hidden]` → `[batch, seq, hidden]`; `attention` maps the same shape
+    pub fn forward_with(
+        &self,
+        x: Tensor<B, 3>,
+        attention: impl FnOnce(&Attention<B>, Tensor<B, 3>) -> Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        let x = x.clone() + attention(&self.self_attn, self.input_layernorm.forward(x));
         x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
     }
 

@@ -5,6 +5,7 @@ pub mod attention;
 pub mod block;
 pub mod config;
 pub mod family;
+pub mod kv_cache;
 pub mod linear;
 pub mod llada_config;
 pub mod lora;
@@ -19,6 +20,7 @@ pub mod weights;
 
 pub use config::{ModelConfig, PRESETS};
 pub use family::ModelFamily;
+pub use kv_cache::{KvCache, Window};
 pub use llada_config::LladaConfig;
 pub use lora::{LoraAdapter, LoraConfig};
 pub use pretrained::{

@@ -9,14 +9,14 @@ use super::block::Block;
 use super::config::ModelConfig;
 use super::linear::Linear;
 use super::norm::RmsNorm;
-use super::rope::rope_tables;
+use super::rope::{rope_tables, Rope};
 use super::weights::{
     DeviceRandomSource, FamilyNames, Init, RandomSource, TensorSink, WeightSource,
 };
 use crate::Result;
 
 /// Blocked attention logits get this additive bias (finite so bf16/f32 softmax never sees NaN).
-const MASK_BIAS: f32 = -1e9;
+pub(super) const MASK_BIAS: f32 = -1e9;
 
 #[derive(Module, Debug)]
 pub struct DiffusionLm<B: Backend> {
@@ -128,16 +128,35 @@ impl<B: Backend> DiffusionLm<B> {
         input_ids: Tensor<B, 2, Int>,
         attention_mask: Option<Tensor<B, 2, Int>>,
     ) -> Tensor<B, 3> {
+        let (positions, bias) = self.positions_and_bias(&input_ids, attention_mask);
+        let (rope, bias) = self.attention_inputs(positions, bias);
+        let mut x = self.embed(input_ids);
+        for layer in &self.layers {
+            x = layer.forward(x, &rope, bias.as_ref());
+        }
+        self.norm.forward(x)
+    }
+
+    /// Position ids and the additive padding bias of a batch, as the family builds them.
+    ///
+    /// # Shapes
+    /// - input_ids, attention_mask: as [`Self::forward`]
+    /// - returns positions `[batch, seq]` and the bias `[batch, 1, seq, seq]` (`None` without a
+    ///   mask)
+    pub(super) fn positions_and_bias(
+        &self,
+        input_ids: &Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+    ) -> (Tensor<B, 2, Int>, Option<Tensor<B, 4>>) {
         let [b, s] = input_ids.dims();
         let device = input_ids.device();
-        let family = self.config.family;
         let arange = || {
             Tensor::<B, 1, Int>::arange(0..s as i64, &device)
                 .unsqueeze::<2>()
                 .expand([b, s])
         };
-        let (positions, bias) = match attention_mask {
-            Some(mask) if family.positions_from_mask() => {
+        match attention_mask {
+            Some(mask) if self.config.family.positions_from_mask() => {
                 // Dream's sampler: position = cumsum(mask) - 1, pads get position 1.
                 let pos = mask.clone().cumsum(1) - 1;
                 let pos = pos.mask_fill(mask.clone().equal_elem(0), 1);
@@ -146,7 +165,18 @@ impl<B: Backend> DiffusionLm<B> {
             // LLaDA: positions 0..L in every row, padded keys blocked.
             Some(mask) => (arange(), Some(padding_bias(mask, false))),
             None => (arange(), None),
-        };
+        }
+    }
+
+    /// RoPE tables for `positions` and the bias in the layouts the attention reads.
+    ///
+    /// # Shapes
+    /// - positions: `[batch, seq_q]`; bias: `[batch, 1, seq_q, seq_k]`
+    pub(super) fn attention_inputs(
+        &self,
+        positions: Tensor<B, 2, Int>,
+        bias: Option<Tensor<B, 4>>,
+    ) -> (Rope<B>, Option<AttentionBias<B>>) {
         let c = &self.config;
         let (heads, kv) = (c.num_attention_heads, c.kv_heads());
         let rope = rope_tables(
@@ -156,12 +186,14 @@ impl<B: Backend> DiffusionLm<B> {
             c.rope_theta,
             self.dtype(),
         );
-        let bias = bias.map(|bias| AttentionBias::new(bias, kv, heads / kv, self.dtype()));
-        let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), input_ids);
-        for layer in &self.layers {
-            x = layer.forward(x, &rope, bias.as_ref());
-        }
-        self.norm.forward(x)
+        let layout = (kv, heads / kv, c.head_dim());
+        let bias = bias.map(|bias| AttentionBias::new(bias, layout, self.dtype()));
+        (rope, bias)
+    }
+
+    /// Token embeddings, `[batch, seq]` → `[batch, seq, hidden]`.
+    pub(super) fn embed(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        burn::tensor::module::embedding(self.embed_tokens.val(), input_ids)
     }
 
     /// Project hidden states to vocabulary logits.

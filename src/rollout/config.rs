@@ -77,6 +77,56 @@ impl FromStr for Alg {
     }
 }
 
+/// Which keys and values a rollout reuses between denoising steps (see [`crate::model::kv_cache`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheMode {
+    /// Every step is a full forward pass over prompt and completion (exact).
+    #[default]
+    None,
+    /// Fast-dLLM's prefix cache: each step recomputes the current block and everything after
+    /// it (the whole completion without blocks); the prompt and finished blocks are reused.
+    Prefix,
+    /// Fast-dLLM's dual cache with blocks: each step recomputes the current block only. Without
+    /// blocks (dLLM-Cache style): each step recomputes the masked positions (and the rows that
+    /// score them) and the positions revealed since the previous pass; the prompt and decoded
+    /// positions are reused.
+    Dual,
+}
+
+impl CacheMode {
+    /// The config name.
+    pub fn name(self) -> &'static str {
+        match self {
+            CacheMode::None => "none",
+            CacheMode::Prefix => "prefix",
+            CacheMode::Dual => "dual",
+        }
+    }
+}
+
+impl fmt::Display for CacheMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for CacheMode {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        [CacheMode::None, CacheMode::Prefix, CacheMode::Dual]
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "cache",
+                    format!("unknown cache `{s}` (known: none, prefix, dual)"),
+                )
+            })
+    }
+}
+
 /// Settings of one rollout call. Defaults are DiffuCoder's RL rollouts (256 tokens in 256
 /// steps, entropy ordering, top-p 0.95, G = 10) with the paper's temperature 1.2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,6 +166,21 @@ pub struct RolloutConfig {
     /// the units of `alg`: a probability for maskgit_plus, a margin for topk_margin, a
     /// negative entropy in nats for entropy) exceeds this, and always at least one per row.
     pub confidence_threshold: Option<f32>,
+    /// Parallel decoding: the most tokens one step may reveal per row through the threshold
+    /// (a step reveals `max(schedule count, min(#{conf > τ}, cap))`: the schedule's count still
+    /// holds, so a block ends in its steps). `None` = no bound. Bounds the over-commitment of
+    /// confident steps that d1's author saw destabilise RL; needs `confidence_threshold`.
+    pub max_tokens_per_step: Option<usize>,
+    /// Early completion: once a row reveals `<|im_end|>`, its still-masked positions after it
+    /// are decided as padding at once (they are outside the loss and the reward), and a chunk
+    /// stops when every row is decided. The per-row counts are then read back every step.
+    pub early_completion: bool,
+    /// Keys and values reused between steps.
+    pub cache: CacheMode,
+    /// With a cache: a full pass (refreshing every key and value) at each block's start and
+    /// then every `cache_refresh` passes (1 = every pass: exact); 0 = at block starts only
+    /// (Fast-dLLM).
+    pub cache_refresh: usize,
     /// Record the decode order (positions and confidences per step) of every row.
     pub record_trace: bool,
     /// Rows decoded together; `None` = all rows at once (DiffuCoder uses chunks of 10).
@@ -142,6 +207,10 @@ impl Default for RolloutConfig {
             max_prompt_length: 200,
             block_length: None,
             confidence_threshold: None,
+            max_tokens_per_step: None,
+            early_completion: false,
+            cache: CacheMode::None,
+            cache_refresh: 0,
             record_trace: false,
             chunk_rows: None,
             truncate_text: true,
@@ -234,8 +303,45 @@ impl RolloutConfig {
                     "cannot be combined with alg_temp > 0".into(),
                 );
             }
+            if self.alg == Alg::Random {
+                return bad(
+                    "confidence_threshold",
+                    "needs a confidence-ordered alg, not random".into(),
+                );
+            }
+        }
+        if let Some(cap) = self.max_tokens_per_step {
+            if cap == 0 {
+                return bad("max_tokens_per_step", "must be positive".into());
+            }
+            if self.confidence_threshold.is_none() {
+                return bad(
+                    "max_tokens_per_step",
+                    "bounds threshold decoding: set confidence_threshold".into(),
+                );
+            }
+        }
+        if self.early_completion
+            && (matches!(self.alg, Alg::Origin | Alg::Random) || self.alg_temp > 0.0)
+        {
+            return bad(
+                "early_completion",
+                "needs a confidence-ordered alg with alg_temp = 0 (the per-row count path)".into(),
+            );
+        }
+        if self.cache != CacheMode::None && self.cfg_scale > 0.0 {
+            return bad(
+                "cache",
+                "cannot be combined with classifier-free guidance (cfg_scale > 0)".into(),
+            );
         }
         Ok(())
+    }
+
+    /// Whether the decoder tracks per-row counts on the host (threshold decoding, early
+    /// completion).
+    pub fn per_row_counts(&self) -> bool {
+        self.confidence_threshold.is_some() || self.early_completion
     }
 
     /// Number of blocks (1 without `block_length`).
@@ -342,6 +448,45 @@ mod tests {
                     ..Default::default()
                 },
                 "eps",
+            ),
+            (
+                RolloutConfig {
+                    alg: Alg::Random,
+                    confidence_threshold: Some(0.9),
+                    ..Default::default()
+                },
+                "confidence_threshold",
+            ),
+            (
+                RolloutConfig {
+                    max_tokens_per_step: Some(4),
+                    ..Default::default()
+                },
+                "max_tokens_per_step",
+            ),
+            (
+                RolloutConfig {
+                    confidence_threshold: Some(-0.5),
+                    max_tokens_per_step: Some(0),
+                    ..Default::default()
+                },
+                "max_tokens_per_step",
+            ),
+            (
+                RolloutConfig {
+                    alg: Alg::Origin,
+                    early_completion: true,
+                    ..Default::default()
+                },
+                "early_completion",
+            ),
+            (
+                RolloutConfig {
+                    cache: CacheMode::Dual,
+                    cfg_scale: 1.0,
+                    ..Default::default()
+                },
+                "cache",
             ),
         ];
         for (c, field) in cases {

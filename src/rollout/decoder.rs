@@ -10,11 +10,15 @@
 //! positions only (masked, and inside the current block) go through the LM head and the
 //! sampler, so the head and the vocabulary-wide softmax/sort run on `[rows·m, V]` instead of
 //! `[rows, L, V]`, and a schedule step that reveals nothing skips its forward pass entirely.
+//! With `rollout.cache` most steps run the layers over a window of positions only, reading the
+//! others' keys and values from a cache ([`super::cache`]); with the cache off every step is
+//! the full pass it always was, bit for bit.
 
 use burn::tensor::{backend::Backend, Bool, DType, IndexingUpdateOp, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::cache::{DecodeCost, StepCache, StepHidden, StepInput};
 use super::config::{Alg, RolloutConfig};
 use super::sampling::{
     gumbel_scores, open_uniform, sample_tokens, top_k_per_row, Confidence, SampleParams,
@@ -33,6 +37,28 @@ pub struct Decoded {
     pub traces: Option<Vec<DecodeTrace>>,
     /// Forward passes actually run, over all chunks.
     pub forward_passes: usize,
+    /// What those passes computed (positions, attention entries, LM-head rows).
+    pub cost: DecodeCost,
+}
+
+/// The special tokens decoding uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeTokens {
+    /// The mask token.
+    pub mask: u32,
+    /// `(<|im_end|>, padding)` for `early_completion`: positions still masked after a revealed
+    /// `<|im_end|>` become padding.
+    pub end: Option<(u32, u32)>,
+}
+
+impl DecodeTokens {
+    /// The family's tokens from a tokenizer's specials.
+    pub fn from_special(special: &crate::model::SpecialTokens) -> Self {
+        Self {
+            mask: special.mask,
+            end: Some((special.im_end, special.pad)),
+        }
+    }
 }
 
 /// Decode `K = config.max_new_tokens` tokens after each prompt.
@@ -48,15 +74,11 @@ pub fn decode<B: Backend>(
     config: &RolloutConfig,
 ) -> Result<Decoded> {
     let padded = prompt_mask.iter().any(|m| m.contains(&0));
-    decode_from(
-        model,
-        prompt_ids,
-        prompt_mask,
-        0,
-        padded,
-        mask_token,
-        config,
-    )
+    let tokens = DecodeTokens {
+        mask: mask_token,
+        end: None,
+    };
+    decode_from(model, prompt_ids, prompt_mask, 0, padded, tokens, config)
 }
 
 /// [`decode`] of rows `row_offset..` of a larger batch: row `r` here draws from stream
@@ -72,15 +94,22 @@ pub fn decode_from<B: Backend>(
     prompt_mask: &[Vec<u32>],
     row_offset: usize,
     padded: bool,
-    mask_token: u32,
+    tokens: DecodeTokens,
     config: &RolloutConfig,
 ) -> Result<Decoded> {
     config.validate()?;
+    if config.early_completion && tokens.end.is_none() {
+        return Err(Error::config(
+            "early_completion",
+            "needs the <|im_end|> and padding tokens: decode through rollout::generate or \
+             decode_from with DecodeTokens::from_special",
+        ));
+    }
     check_prompts(
         prompt_ids,
         prompt_mask,
         model.config().vocab_size,
-        mask_token,
+        tokens.mask,
     )?;
     let rows = prompt_ids.len();
     let chunk = config.chunk_rows.unwrap_or(rows).max(1);
@@ -88,6 +117,7 @@ pub fn decode_from<B: Backend>(
         completion_ids: Vec::with_capacity(rows),
         traces: config.record_trace.then(Vec::new),
         forward_passes: 0,
+        cost: DecodeCost::default(),
     };
     for start in (0..rows).step_by(chunk) {
         let end = (start + chunk).min(rows);
@@ -97,16 +127,17 @@ pub fn decode_from<B: Backend>(
             &prompt_mask[start..end],
             row_offset + start,
             padded,
-            mask_token,
+            tokens,
             config,
         );
         run.run()?;
-        let (ids, traces, passes) = run.finish()?;
+        let (ids, traces, cost) = run.finish()?;
         out.completion_ids.extend(ids);
         if let (Some(all), Some(t)) = (out.traces.as_mut(), traces) {
             all.extend(t);
         }
-        out.forward_passes += passes;
+        out.forward_passes += cost.forward_passes;
+        out.cost.add(&cost);
     }
     Ok(out)
 }
@@ -173,8 +204,13 @@ enum Rule<B: Backend> {
     All,
     /// The same count for every row (the schedule of the top-k algorithms).
     Count(usize),
-    /// `max(floor[r], #{conf > τ})` per row (threshold decoding).
-    Threshold { floor: Tensor<B, 2, Int>, tau: f32 },
+    /// `max(floor[r], min(#{conf > τ}, cap))` per row (threshold decoding; τ = ∞ reveals the
+    /// floor).
+    Threshold {
+        floor: Tensor<B, 2, Int>,
+        tau: f32,
+        cap: Option<usize>,
+    },
 }
 
 struct ChunkDecoder<'a, B: Backend> {
@@ -185,6 +221,7 @@ struct ChunkDecoder<'a, B: Backend> {
     prompt_len: usize,
     k: usize,
     mask_token: u32,
+    tokens: DecodeTokens,
     prompt: Tensor<B, 2, Int>,
     attention: Option<Tensor<B, 2, Int>>,
     /// `[rows, K]` completion: mask tokens until revealed.
@@ -196,14 +233,19 @@ struct ChunkDecoder<'a, B: Backend> {
     /// `[1, K]` completion positions.
     positions: Tensor<B, 2, Int>,
     /// `[rows, 1]` flat index of the hidden row that scores completion token 0 (P − shift, the
-    /// model family's logit shift) of each row in `[rows·L, H]`.
+    /// model family's logit shift) of each row in `[rows·L, H]` (classifier-free guidance).
     hidden_base: Tensor<B, 2, Int>,
+    cache: StepCache<B>,
+    /// The block being decoded, `(index, lo, hi)`.
+    block: (usize, usize, usize),
+    /// The completion as last read back (early completion), `[rows · K]`.
+    host_ids: Option<Vec<i64>>,
     rngs: Vec<ChaCha8Rng>,
     /// Threshold and origin decoding: draws come from per-step windows (see [`Self::seek`]).
     windowed: bool,
     params: SampleParams,
     steps_taken: usize,
-    forward_passes: usize,
+    cost: DecodeCost,
 }
 
 impl<'a, B: Backend> ChunkDecoder<'a, B> {
@@ -213,9 +255,10 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
         mask: &[Vec<u32>],
         row_offset: usize,
         padded: bool,
-        mask_token: u32,
+        tokens: DecodeTokens,
         config: &'a RolloutConfig,
     ) -> Self {
+        let mask_token = tokens.mask;
         let device = model.embed_tokens.val().device();
         let (rows, p, k) = (ids.len(), ids[0].len(), config.max_new_tokens);
         let int2 = |v: Vec<i64>, cols: usize| {
@@ -246,6 +289,7 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
             prompt_len: p,
             k,
             mask_token,
+            tokens,
             prompt,
             attention,
             completion: Tensor::full([rows, k], mask_token as i64, &device),
@@ -253,8 +297,11 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
             reveal_conf: Tensor::zeros([rows, k], &device),
             positions: Tensor::<B, 1, Int>::arange(0..k as i64, &device).unsqueeze::<2>(),
             hidden_base,
+            cache: StepCache::new(config),
+            block: (0, 0, k),
+            host_ids: None,
             rngs,
-            windowed: config.alg == Alg::Origin || config.confidence_threshold.is_some(),
+            windowed: config.alg == Alg::Origin || config.per_row_counts(),
             params: SampleParams {
                 temperature: config.temperature,
                 top_p: config.top_p,
@@ -263,7 +310,7 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
                 banned_token: Some(mask_token),
             },
             steps_taken: 0,
-            forward_passes: 0,
+            cost: DecodeCost::default(),
             device,
         }
     }
@@ -273,10 +320,11 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
         let ts = timesteps(steps, self.config.eps);
         for b in 0..self.config.num_blocks() {
             let (lo, hi) = (b * block, (b + 1) * block);
-            match (self.config.alg, self.config.confidence_threshold) {
-                (Alg::Origin, _) => self.run_origin_block(lo, hi, &ts)?,
-                (_, Some(tau)) => self.run_threshold_block(lo, hi, &ts, tau)?,
-                (_, None) => self.run_schedule_block(lo, hi, &ts)?,
+            self.block = (b, lo, hi);
+            match self.config.alg {
+                Alg::Origin => self.run_origin_block(lo, hi, &ts)?,
+                _ if self.config.per_row_counts() => self.run_counted_block(lo, hi, &ts)?,
+                _ => self.run_schedule_block(lo, hi, &ts)?,
             }
         }
         Ok(())
@@ -304,32 +352,106 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
         Ok(())
     }
 
-    /// Threshold decoding: per row, reveal `max(schedule count, #{conf > τ}, 1)`; the schedule
-    /// floor means a block never takes more steps than without the threshold. One host read
-    /// per step (the per-row counts) sizes the next step and stops a finished block early.
-    fn run_threshold_block(&mut self, lo: usize, hi: usize, ts: &[f32], tau: f32) -> Result<()> {
+    /// Per-row counts (threshold decoding, early completion): per row, reveal
+    /// `max(schedule count, min(#{conf > τ}, cap), 1)`; the schedule floor means a block never
+    /// takes more steps than without the threshold. One host read per step (the per-row counts,
+    /// or the completion for early completion) sizes the next step and stops a decided block
+    /// early.
+    fn run_counted_block(&mut self, lo: usize, hi: usize, ts: &[f32]) -> Result<()> {
         let steps = ts.len() - 1;
-        let mut left = vec![hi - lo; self.rows];
+        let tau = self.config.confidence_threshold.unwrap_or(f32::INFINITY);
+        let cap = self.config.max_tokens_per_step;
+        let mut left = match &self.host_ids {
+            Some(ids) => self.masked_per_row(ids, lo, hi),
+            None => vec![hi - lo; self.rows],
+        };
         for i in 0..steps {
             let m = left.iter().copied().max().unwrap_or(0);
             if m == 0 {
                 break;
             }
             let last = i + 1 == steps;
+            // Threshold decoding reveals at least one per row and step; without a threshold the
+            // floor is the schedule's count, and a step where it is 0 for every row is skipped
+            // as the schedule path skips it.
+            let least = usize::from(self.config.confidence_threshold.is_some());
             let floor: Vec<i64> = left
                 .iter()
-                .map(|&n| transfer_count(n, ts[i], ts[i + 1], last).max(usize::from(n > 0)) as i64)
+                .map(|&n| {
+                    let due = match self.config.alg.even_transfer() {
+                        true if !last => even_transfer_count(hi - lo, steps, i).min(n),
+                        _ => transfer_count(n, ts[i], ts[i + 1], last),
+                    };
+                    due.max(least.min(n)) as i64
+                })
                 .collect();
+            if floor.iter().all(|&n| n == 0) {
+                self.steps_taken += 1;
+                continue;
+            }
             let floor = Tensor::from_data(TensorData::new(floor, [self.rows, 1]), &self.device);
             let (cand, valid) = self.candidates(lo, hi, m);
-            let revealed = self.step(cand, Some(valid), Rule::Threshold { floor, tau })?;
-            let revealed = ints(revealed)?;
-            for (l, r) in left.iter_mut().zip(revealed) {
-                *l -= r as usize;
+            let revealed = self.step(cand, Some(valid), Rule::Threshold { floor, tau, cap })?;
+            if self.config.early_completion {
+                let ids = self.complete_early()?;
+                left = self.masked_per_row(&ids, lo, hi);
+                self.host_ids = Some(ids);
+            } else {
+                for (l, r) in left.iter_mut().zip(ints(revealed)?) {
+                    *l -= r as usize;
+                }
             }
             self.steps_taken += 1;
         }
         Ok(())
+    }
+
+    /// Masked positions of `lo..hi` per row of a host copy of the completion.
+    fn masked_per_row(&self, ids: &[i64], lo: usize, hi: usize) -> Vec<usize> {
+        ids.chunks(self.k)
+            .map(|row| {
+                row[lo..hi]
+                    .iter()
+                    .filter(|&&t| t == self.mask_token as i64)
+                    .count()
+            })
+            .collect()
+    }
+
+    /// Early completion: in every row with a revealed `<|im_end|>`, the positions still masked
+    /// after the first one become padding (revealed at this step). Returns the completion.
+    fn complete_early(&mut self) -> Result<Vec<i64>> {
+        let (end, pad) = self.tokens.end.expect("validated by decode_from");
+        let mut ids = ints(self.completion.clone())?;
+        let mask = self.mask_token as i64;
+        let mut after = Vec::with_capacity(self.rows);
+        for row in ids.chunks_mut(self.k) {
+            let e = row.iter().position(|&t| t == end as i64);
+            if let Some(e) = e {
+                row[e + 1..]
+                    .iter_mut()
+                    .filter(|t| **t == mask)
+                    .for_each(|t| *t = pad as i64);
+            }
+            after.push(e.map_or(self.k as i64, |e| e as i64));
+        }
+        if after.iter().all(|&e| e == self.k as i64) {
+            return Ok(ids);
+        }
+        let after =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(after, [self.rows, 1]), &self.device);
+        let fill = self.completion.clone().equal_elem(mask).bool_and(
+            self.positions
+                .clone()
+                .expand([self.rows, self.k])
+                .greater(after.expand([self.rows, self.k])),
+        );
+        self.completion = self.completion.clone().mask_fill(fill.clone(), pad as i64);
+        if self.config.record_trace {
+            let step = self.steps_taken as i64 + 1;
+            self.reveal_step = self.reveal_step.clone().mask_fill(fill, step);
+        }
+        Ok(ids)
     }
 
     /// `origin`: each masked position unmasks independently with probability `1 − s/t`. The
@@ -412,7 +534,7 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
     ) -> Result<Tensor<B, 2, Int>> {
         let (rows, m) = (self.rows, cand.dims()[1]);
         let l = self.prompt_len + self.k;
-        let logits = self.candidate_logits(&cand, rows, m, l);
+        let logits = self.candidate_logits(&cand, rows, m, l)?;
 
         let uniforms = self
             .params
@@ -455,8 +577,12 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
                 };
                 top_k_per_row(scores, Tensor::full([rows, 1], n as i64, &self.device))
             }
-            Rule::Threshold { floor, tau } => {
+            Rule::Threshold { floor, tau, cap } => {
                 let above = ranked.clone().greater_elem(tau).int().sum_dim(1);
+                let above = match cap {
+                    Some(cap) => above.clamp_max(cap as i64),
+                    None => above,
+                };
                 top_k_per_row(ranked, floor.max_pair(above))
             }
         };
@@ -486,48 +612,62 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
     }
 
     /// `[rows · m, vocab]` f32 logits of the candidates `cand` (`[rows, m]`) from one forward
-    /// pass; with classifier-free guidance the pass also holds every row with its prompt
-    /// masked, and the logits are `uncond + (cfg + 1) · (cond − uncond)`.
+    /// pass (full or over the cache's window); with classifier-free guidance the pass also
+    /// holds every row with its prompt masked, and the logits are
+    /// `uncond + (cfg + 1) · (cond − uncond)`.
     fn candidate_logits(
         &mut self,
         cand: &Tensor<B, 2, Int>,
         rows: usize,
         m: usize,
         l: usize,
-    ) -> Tensor<B, 2> {
+    ) -> Result<Tensor<B, 2>> {
         let x = Tensor::cat(vec![self.prompt.clone(), self.completion.clone()], 1);
-        let cfg = self.config.cfg_scale;
-        let (x, attention, copies) = match cfg > 0.0 {
-            false => (x, self.attention.clone(), 1),
-            true => {
-                let masked = Tensor::full(self.prompt.dims(), self.mask_token as i64, &self.device);
-                let uncond = Tensor::cat(vec![masked, self.completion.clone()], 1);
-                let attention = self
-                    .attention
-                    .clone()
-                    .map(|a| Tensor::cat(vec![a.clone(), a], 0));
-                (Tensor::cat(vec![x, uncond], 0), attention, 2)
-            }
-        };
-        let hidden = self.model.forward_hidden(x, attention);
-        self.forward_passes += 1;
-        let h = hidden.dims()[2];
-        let hidden = hidden.reshape([copies * rows * l, h]);
-        // Hidden row P − shift + j predicts completion token j.
-        let index = (cand.clone() + self.hidden_base.clone()).reshape([rows * m]);
         let vocab = self.model.config().vocab_size;
-        let logits_at = |index: Tensor<B, 1, Int>| {
+        let logits_at = |hidden: &Tensor<B, 2>, index: Tensor<B, 1, Int>| {
             self.model
                 .logits_from_hidden(hidden.clone().select(0, index).unsqueeze::<3>())
                 .cast(DType::F32)
                 .reshape([rows * m, vocab])
         };
-        let cond = logits_at(index.clone());
-        if copies == 1 {
-            return cond;
+        let cfg = self.config.cfg_scale;
+        if cfg == 0.0 {
+            let step = StepInput {
+                x,
+                attention: self.attention.clone(),
+                cand,
+                prompt_len: self.prompt_len,
+                shift: self.model.config().family.logit_shift(),
+                block: self.block,
+                mask_token: self.mask_token,
+            };
+            let StepHidden { hidden, index } =
+                self.cache.hidden(self.model, step, &mut self.cost)?;
+            return Ok(logits_at(&hidden, index));
         }
-        let uncond = logits_at(index.add_scalar((rows * l) as i64));
-        uncond.clone() + (cond - uncond).mul_scalar(cfg + 1.0)
+        // Classifier-free guidance (no cache, see `RolloutConfig::validate`).
+        let masked = Tensor::full(self.prompt.dims(), self.mask_token as i64, &self.device);
+        let uncond = Tensor::cat(vec![masked, self.completion.clone()], 1);
+        let attention = self
+            .attention
+            .clone()
+            .map(|a| Tensor::cat(vec![a.clone(), a], 0));
+        let x = Tensor::cat(vec![x, uncond], 0);
+        let hidden = self.model.forward_hidden(x, attention);
+        self.cost.add(&DecodeCost {
+            forward_passes: 1,
+            full_passes: 1,
+            query_tokens: 2 * rows * l,
+            attention_pairs: 2 * rows * l * l,
+            head_rows: 2 * rows * m,
+        });
+        let h = hidden.dims()[2];
+        let hidden = hidden.reshape([2 * rows * l, h]);
+        // Hidden row P − shift + j predicts completion token j.
+        let index = (cand.clone() + self.hidden_base.clone()).reshape([rows * m]);
+        let cond = logits_at(&hidden, index.clone());
+        let uncond = logits_at(&hidden, index.add_scalar((rows * l) as i64));
+        Ok(uncond.clone() + (cond - uncond).mul_scalar(cfg + 1.0))
     }
 
     /// `[rows, m]` draws, `m` from each row's own stream.
@@ -564,7 +704,7 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
 
     /// Read the results back (the only host read of the top-k algorithms).
     #[allow(clippy::type_complexity)]
-    fn finish(self) -> Result<(Vec<Vec<u32>>, Option<Vec<DecodeTrace>>, usize)> {
+    fn finish(self) -> Result<(Vec<Vec<u32>>, Option<Vec<DecodeTrace>>, DecodeCost)> {
         let ids = ints(self.completion)?;
         if let Some(pos) = ids.iter().position(|&t| t == self.mask_token as i64) {
             return Err(Error::invalid(
@@ -598,7 +738,7 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
         } else {
             None
         };
-        Ok((completions, traces, self.forward_passes))
+        Ok((completions, traces, self.cost))
     }
 }
 

@@ -8,9 +8,11 @@
 //! | `schedule` | the float32-exact reveal schedule |
 //! | `sampling` | `sample_tokens`, per-row top-k, Gumbel-top-k |
 //! | `decoder` | the device loop ([`decode`]) |
+//! | `cache` | which positions a step recomputes over cached keys and values ([`CacheMode`]) |
 //! | `trace`, `ar_ness` | [`DecodeTrace`], local/global AR-ness |
 
 pub mod ar_ness;
+pub mod cache;
 pub mod config;
 pub mod decoder;
 pub mod host_sampling;
@@ -19,8 +21,9 @@ pub mod schedule;
 pub mod trace;
 
 pub use ar_ness::{global_ar_ness, local_ar_ness, GLOBAL_K, LOCAL_K};
-pub use config::{Alg, RolloutConfig};
-pub use decoder::{decode, decode_from, Decoded};
+pub use cache::DecodeCost;
+pub use config::{Alg, CacheMode, RolloutConfig};
+pub use decoder::{decode, decode_from, DecodeTokens, Decoded};
 pub use trace::{DecodeTrace, TraceRecord};
 
 use burn::tensor::backend::Backend;
@@ -50,6 +53,8 @@ pub struct RolloutBatch {
     pub traces: Option<Vec<DecodeTrace>>,
     /// Forward passes run (all chunks together).
     pub forward_passes: usize,
+    /// What those passes computed.
+    pub cost: DecodeCost,
 }
 
 /// Generate `config.num_completions` completions for each prompt.
@@ -133,7 +138,7 @@ pub fn decode_rows<B: Backend>(
         &batch.attention_mask[rows.clone()],
         rows.start,
         batch.attention_mask.iter().any(|m| m.contains(&0)),
-        tokenizer.special().mask,
+        DecodeTokens::from_special(tokenizer.special()),
         config,
     )
 }
@@ -184,6 +189,7 @@ pub fn assemble(
         texts,
         traces: decoded.traces,
         forward_passes: decoded.forward_passes,
+        cost: decoded.cost,
     })
 }
 

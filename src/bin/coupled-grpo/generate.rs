@@ -9,7 +9,7 @@ use burn::tensor::{backend::Backend, DType};
 use clap::ArgGroup;
 use coupled_grpo::data::{self, prompt as templates, OnError, Task};
 use coupled_grpo::model::{self, ModelConfig, ModelFamily, DEFAULT_SYSTEM_PROMPT};
-use coupled_grpo::rollout::{self, Alg, RolloutConfig};
+use coupled_grpo::rollout::{self, Alg, CacheMode, RolloutConfig};
 use serde::Serialize;
 
 #[derive(clap::Args)]
@@ -60,6 +60,18 @@ pub struct Args {
     /// Confidence-threshold parallel decoding (in the units of --alg).
     #[arg(long)]
     threshold: Option<f32>,
+    /// With --threshold: the most tokens a step reveals per row above the schedule's count.
+    #[arg(long)]
+    max_tokens_per_step: Option<usize>,
+    /// Positions still masked after a revealed <|im_end|> become padding; rows then stop early.
+    #[arg(long)]
+    early_completion: bool,
+    /// Keys and values reused between steps: none, prefix or dual.
+    #[arg(long, default_value = "none")]
+    cache: CacheMode,
+    /// With --cache: a full pass every N passes (1 = exact; 0 = at block starts only).
+    #[arg(long, default_value_t = 0)]
+    cache_refresh: usize,
     #[arg(long, default_value_t = 200)]
     max_prompt_length: usize,
     /// Rows decoded together (default: all).
@@ -208,6 +220,10 @@ fn rollout_config(args: &Args, family: ModelFamily) -> RolloutConfig {
         max_prompt_length: args.max_prompt_length,
         block_length,
         confidence_threshold: args.threshold,
+        max_tokens_per_step: args.max_tokens_per_step,
+        early_completion: args.early_completion,
+        cache: args.cache,
+        cache_refresh: args.cache_refresh,
         record_trace: args.trace.is_some(),
         chunk_rows: args.chunk_rows,
         truncate_text: !args.full_text,
