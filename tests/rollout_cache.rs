@@ -179,6 +179,38 @@ fn early_completion_pads_after_im_end_and_stops_early() {
     }
 }
 
+/// Every cache with parallel decoding and early completion, with and without blocks: rows
+/// reveal different counts per step (their filler candidates may lie outside a block's window),
+/// and greedy decoding still agrees with exact decoding on most tokens.
+#[test]
+fn caches_combine_with_parallel_decoding_and_early_completion() {
+    let (model, tok) = coder();
+    let p = prompts(&model);
+    for block in [Some(16), None] {
+        let exact = decoded(
+            &model,
+            &tok,
+            &p,
+            &with(&greedy(), CacheMode::None, 0, block),
+        );
+        for mode in [CacheMode::Prefix, CacheMode::Dual] {
+            let config = RolloutConfig {
+                confidence_threshold: Some(-0.5),
+                max_tokens_per_step: Some(4),
+                early_completion: true,
+                ..with(&greedy(), mode, 0, block)
+            };
+            let fast = decoded(&model, &tok, &p, &config);
+            let a = agreement(&fast.completion_ids, &exact.completion_ids);
+            assert!(a >= 0.9, "{mode} {block:?}: agreement {a:.3}");
+            assert!(
+                fast.forward_passes < exact.forward_passes,
+                "{mode} {block:?}"
+            );
+        }
+    }
+}
+
 /// The cap bounds what one step reveals above the schedule: with a threshold every position
 /// passes, a cap of 2 reveals at most max(schedule count, 2) per row and step.
 #[test]

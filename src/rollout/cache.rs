@@ -213,8 +213,12 @@ impl<B: Backend> StepCache<B> {
         cost.attention_pairs += rows * w * l;
         let base = row_base::<B>(rows, w, &device);
         let index = match slot {
-            Slot::Offset(start) => (step.cand.clone() + base)
-                .add_scalar(step.prompt_len as i64 - step.shift as i64 - start as i64),
+            // Invalid candidates (fillers of rows with fewer) may lie outside the window: any
+            // slot serves them, their logits are discarded.
+            Slot::Offset(start) => {
+                let first = step.prompt_len as i64 - step.shift as i64 - start as i64;
+                step.cand.clone().add_scalar(first).clamp(0, w as i64 - 1) + base
+            }
             Slot::PerRow(slot) => slot.gather(1, step.cand.clone()) + base,
         };
         Ok(flatten(hidden, index))
