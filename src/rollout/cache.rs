@@ -15,6 +15,7 @@
 use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 
 use super::config::{CacheMode, RolloutConfig};
+use super::decoder::ints;
 use crate::model::{DiffusionLm, KvCache, Window};
 use crate::Result;
 
@@ -305,11 +306,4 @@ fn masked_set_window<B: Backend>(
     };
     let slots = Tensor::from_data(TensorData::new(slots, [rows, k]), device);
     (window, slots)
-}
-
-fn ints<B: Backend, const D: usize>(t: Tensor<B, D, Int>) -> Result<Vec<i64>> {
-    t.into_data()
-        .convert::<i64>()
-        .into_vec()
-        .map_err(|e| crate::Error::invalid("tensor", format!("cannot read back integers: {e:?}")))
 }

@@ -220,7 +220,6 @@ struct ChunkDecoder<'a, B: Backend> {
     rows: usize,
     prompt_len: usize,
     k: usize,
-    mask_token: u32,
     tokens: DecodeTokens,
     prompt: Tensor<B, 2, Int>,
     attention: Option<Tensor<B, 2, Int>>,
@@ -288,7 +287,6 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
             rows,
             prompt_len: p,
             k,
-            mask_token,
             tokens,
             prompt,
             attention,
@@ -412,7 +410,7 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
             .map(|row| {
                 row[lo..hi]
                     .iter()
-                    .filter(|&&t| t == self.mask_token as i64)
+                    .filter(|&&t| t == self.tokens.mask as i64)
                     .count()
             })
             .collect()
@@ -423,7 +421,7 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
     fn complete_early(&mut self) -> Result<Vec<i64>> {
         let (end, pad) = self.tokens.end.expect("validated by decode_from");
         let mut ids = ints(self.completion.clone())?;
-        let mask = self.mask_token as i64;
+        let mask = self.tokens.mask as i64;
         let mut after = Vec::with_capacity(self.rows);
         for row in ids.chunks_mut(self.k) {
             let e = row.iter().position(|&t| t == end as i64);
@@ -510,7 +508,7 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
         let cand = self
             .completion
             .clone()
-            .equal_elem(self.mask_token as i64)
+            .equal_elem(self.tokens.mask as i64)
             .bool_and(in_block.expand([rows, k]));
         // Sort key: the position for candidates, position + K otherwise.
         let key = pos.expand([rows, k]) + cand.bool_not().int().mul_scalar(k as i64);
@@ -591,7 +589,7 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
             None => reveal,
         };
         let reveal_i = reveal.clone().int();
-        let delta = (tokens - self.mask_token as i64) * reveal_i.clone();
+        let delta = (tokens - self.tokens.mask as i64) * reveal_i.clone();
         self.completion =
             self.completion
                 .clone()
@@ -639,14 +637,14 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
                 prompt_len: self.prompt_len,
                 shift: self.model.config().family.logit_shift(),
                 block: self.block,
-                mask_token: self.mask_token,
+                mask_token: self.tokens.mask,
             };
             let StepHidden { hidden, index } =
                 self.cache.hidden(self.model, step, &mut self.cost)?;
             return Ok(logits_at(&hidden, index));
         }
         // Classifier-free guidance (no cache, see `RolloutConfig::validate`).
-        let masked = Tensor::full(self.prompt.dims(), self.mask_token as i64, &self.device);
+        let masked = Tensor::full(self.prompt.dims(), self.tokens.mask as i64, &self.device);
         let uncond = Tensor::cat(vec![masked, self.completion.clone()], 1);
         let attention = self
             .attention
@@ -706,7 +704,7 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
     #[allow(clippy::type_complexity)]
     fn finish(self) -> Result<(Vec<Vec<u32>>, Option<Vec<DecodeTrace>>, DecodeCost)> {
         let ids = ints(self.completion)?;
-        if let Some(pos) = ids.iter().position(|&t| t == self.mask_token as i64) {
+        if let Some(pos) = ids.iter().position(|&t| t == self.tokens.mask as i64) {
             return Err(Error::invalid(
                 "decode",
                 format!(
@@ -742,7 +740,8 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
     }
 }
 
-fn ints<B: Backend, const D: usize>(t: Tensor<B, D, Int>) -> Result<Vec<i64>> {
+/// An Int tensor read back to the host.
+pub(super) fn ints<B: Backend, const D: usize>(t: Tensor<B, D, Int>) -> Result<Vec<i64>> {
     t.into_data()
         .convert::<i64>()
         .into_vec()
