@@ -64,6 +64,18 @@ pub type WgpuUnfused =
 #[cfg(feature = "wgpu")]
 pub type WgpuUnfusedAutodiff = burn::backend::Autodiff<WgpuUnfused>;
 
+/// The wgpu device the tests run on: lavapipe (`WgpuDevice::Cpu`), the Vulkan device of a
+/// machine without a GPU, unless `COUPLED_GRPO_WGPU_DEVICE=default` picks the default adapter
+/// (a GPU where there is one).
+#[cfg(feature = "wgpu")]
+pub fn wgpu_device() -> burn::backend::wgpu::WgpuDevice {
+    use burn::backend::wgpu::WgpuDevice;
+    match std::env::var("COUPLED_GRPO_WGPU_DEVICE").as_deref() {
+        Ok("default") => WgpuDevice::DefaultDevice,
+        _ => WgpuDevice::Cpu,
+    }
+}
+
 /// Memory of the CubeCL CUDA pool on the default device: `(bytes in use, bytes reserved)`.
 /// Fused and unfused backends share the runtime's client, so this covers both.
 #[cfg(feature = "cuda")]

@@ -3,7 +3,8 @@
 //! and `libvulkan1` on Debian). Build with `--features wgpu`.
 //!
 //! `cargo test --features wgpu --test wgpu`: about 30 s on lavapipe (2 cores), all tests
-//! together. `COUPLED_GRPO_WGPU_DEVICE=default` picks the default adapter instead of lavapipe.
+//! together. `COUPLED_GRPO_WGPU_DEVICE=default` picks the default adapter instead of lavapipe
+//! (`coupled_grpo::backend::wgpu_device`).
 #![cfg(feature = "wgpu")]
 
 mod common;
@@ -12,23 +13,14 @@ use burn::tensor::activation::softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use common::{host, params, tasks, tiny_config, train_config};
-use coupled_grpo::backend::{Cpu, CpuAutodiff, Wgpu, WgpuAutodiff, WgpuUnfused};
+use coupled_grpo::backend::{
+    wgpu_device as device, Cpu, CpuAutodiff, Wgpu, WgpuAutodiff, WgpuUnfused,
+};
 use coupled_grpo::cube;
 use coupled_grpo::grpo::advantage::AdvantageStats;
 use coupled_grpo::grpo::Trainer;
 use coupled_grpo::model::{byte_level_tokenizer, chat_prompt, DiffusionLm, ModelConfig};
 use coupled_grpo::rollout::{generate, Alg, RolloutBatch, RolloutConfig};
-
-type WgpuDevice = burn::backend::wgpu::WgpuDevice;
-
-/// The CPU adapter (lavapipe), or with `COUPLED_GRPO_WGPU_DEVICE=default` the default adapter
-/// (a GPU where there is one).
-fn device() -> WgpuDevice {
-    match std::env::var("COUPLED_GRPO_WGPU_DEVICE").as_deref() {
-        Ok("default") => WgpuDevice::DefaultDevice,
-        _ => WgpuDevice::Cpu,
-    }
-}
 
 /// `values` on backend `B` with `shape`.
 fn tensor<B: Backend, const D: usize>(

@@ -2,7 +2,9 @@
 //! RoPE) against Burn's generic composition on the same wgpu device and against flex, forward
 //! and gradients, on the plain (`WgpuUnfused`) and the fused (`Wgpu`) backend. On a machine
 //! without a GPU the device is Mesa's lavapipe (`WgpuDevice::Cpu`, storage buffers ≤ 128 MiB:
-//! the largest tensor here is 4 × 152064 f32 = 2.3 MiB). Build with `--features wgpu`.
+//! the largest tensor here is 4 × 152064 f32 = 2.3 MiB); `COUPLED_GRPO_WGPU_DEVICE=default`
+//! picks the default adapter instead (`coupled_grpo::backend::wgpu_device`). Build with
+//! `--features wgpu`.
 //!
 //! Tolerances (absolute): log-probabilities 2e-4 over a 152k vocabulary (an f32 sum of 152k
 //! exponentials, summed in a different order than Burn's reduction), 1e-5 elsewhere in f32,
@@ -17,21 +19,11 @@ use burn::backend::Autodiff;
 use burn::tensor::activation::{log_softmax, silu};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Int, Tensor, TensorData, Tolerance};
-use coupled_grpo::backend::{Cpu, Wgpu, WgpuUnfused};
+use coupled_grpo::backend::{wgpu_device as device, Cpu, Wgpu, WgpuUnfused};
 use coupled_grpo::cpu::ops;
 use coupled_grpo::cube::{self, log_prob};
 use coupled_grpo::estimator::{target_log_probs, HeadLayout, HeadWeight};
-use coupled_grpo::model::rope::rotate_half_matrix;
-
-type WgpuDevice = burn::backend::wgpu::WgpuDevice;
-
-/// Lavapipe where there is no GPU; `COUPLED_GRPO_WGPU_DEVICE=default` for the default adapter.
-fn device() -> WgpuDevice {
-    match std::env::var("COUPLED_GRPO_WGPU_DEVICE").as_deref() {
-        Ok("default") => WgpuDevice::DefaultDevice,
-        _ => WgpuDevice::Cpu,
-    }
-}
+use coupled_grpo::model::rope::{rope_reference, rotate_half_matrix};
 
 /// Deterministic pseudo-random values in `[-scale, scale)`.
 fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
@@ -360,22 +352,6 @@ fn silu_mul_matches<B: AutodiffBackend>(device: &B::Device) {
 fn silu_mul_matches_burn_with_gradients() {
     silu_mul_matches::<Autodiff<WgpuUnfused>>(&device());
     silu_mul_matches::<Autodiff<Wgpu>>(&device());
-}
-
-fn rope_reference<B: Backend>(
-    x: Tensor<B, 4>,
-    cos: Tensor<B, 4>,
-    sin: Tensor<B, 4>,
-    scale: f32,
-) -> Tensor<B, 4> {
-    let [b, s, h, d] = x.dims();
-    let r = rotate_half_matrix::<B>(d, &x.device());
-    let rotated = x
-        .clone()
-        .reshape([b * s * h, d])
-        .matmul(r)
-        .reshape([b, s, h, d]);
-    (x * cos + rotated * sin) * scale
 }
 
 fn rope_matches<B: AutodiffBackend>(device: &B::Device) {

@@ -404,7 +404,7 @@ pub(super) fn flex_softmax_last(
 mod tests {
     use super::*;
     use crate::backend::{Cpu, CpuAutodiff};
-    use crate::model::rope::rotate_half_matrix;
+    use crate::model::rope::{rope_reference, rotate_half_matrix};
     use burn::tensor::{Distribution, Tolerance};
 
     #[test]
@@ -484,22 +484,6 @@ mod tests {
                 &log_softmax(scores, 3).into_data(),
                 Tolerance::absolute(1e-5),
             );
-    }
-
-    fn rope_reference<B: Backend>(
-        x: Tensor<B, 4>,
-        cos: Tensor<B, 4>,
-        sin: Tensor<B, 4>,
-        scale: f32,
-    ) -> Tensor<B, 4> {
-        let [b, s, h, d] = x.dims();
-        let r = rotate_half_matrix::<B>(d, &x.device());
-        let rotated = x
-            .clone()
-            .reshape([b * s * h, d])
-            .matmul(r)
-            .reshape([b, s, h, d]);
-        (x * cos + rotated * sin) * scale
     }
 
     /// The fused ops' hand-written backward equals autodiff through Burn's composition.

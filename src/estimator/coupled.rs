@@ -168,6 +168,27 @@ pub(crate) fn pair_views(
     (views, ratios)
 }
 
+/// The `score` of a pair-based estimator: the [`pair_views`] (complementary pairs with
+/// `coupled`), scored in one [`score_views`].
+pub(crate) fn pair_scores<B: Backend>(
+    model: &DiffusionLm<B>,
+    batch: &ScoreBatch,
+    seed: &MaskSeed,
+    options: &PairOptions,
+    coupled: bool,
+    max_logit_bytes: usize,
+    path: ScoringPath,
+) -> Result<Scores<B>> {
+    let mask_id = model.config().mask_token()?;
+    let (views, ratios) = pair_views(options, batch, seed, mask_id, coupled);
+    let per_token = score_views(model, batch, &views, max_logit_bytes, path)?;
+    Ok(Scores {
+        per_token,
+        forward_passes: batch.rows() * views.len(),
+        ratios,
+    })
+}
+
 impl LikelihoodEstimator for Coupled {
     fn name(&self) -> &'static str {
         "coupled"
@@ -183,13 +204,14 @@ impl LikelihoodEstimator for Coupled {
         batch: &ScoreBatch,
         seed: MaskSeed,
     ) -> Result<Scores<B>> {
-        let mask_id = model.config().mask_token()?;
-        let (views, ratios) = pair_views(&self.options, batch, &seed, mask_id, true);
-        let per_token = score_views(model, batch, &views, self.max_logit_bytes, self.path)?;
-        Ok(Scores {
-            per_token,
-            forward_passes: batch.rows() * views.len(),
-            ratios,
-        })
+        pair_scores(
+            model,
+            batch,
+            &seed,
+            &self.options,
+            true,
+            self.max_logit_bytes,
+            self.path,
+        )
     }
 }

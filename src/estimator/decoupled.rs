@@ -16,8 +16,8 @@
 
 use burn::tensor::backend::Backend;
 
-use super::base::{score_views, LikelihoodEstimator, ScoreBatch, Scores, ScoringPath};
-use super::coupled::{pair_views, PairOptions};
+use super::base::{LikelihoodEstimator, ScoreBatch, Scores, ScoringPath};
+use super::coupled::{pair_scores, PairOptions};
 use super::masks::MaskSeed;
 use crate::model::DiffusionLm;
 use crate::Result;
@@ -56,13 +56,14 @@ impl LikelihoodEstimator for Decoupled {
         batch: &ScoreBatch,
         seed: MaskSeed,
     ) -> Result<Scores<B>> {
-        let mask_id = model.config().mask_token()?;
-        let (views, ratios) = pair_views(&self.options, batch, &seed, mask_id, false);
-        let per_token = score_views(model, batch, &views, self.max_logit_bytes, self.path)?;
-        Ok(Scores {
-            per_token,
-            forward_passes: batch.rows() * views.len(),
-            ratios,
-        })
+        pair_scores(
+            model,
+            batch,
+            &seed,
+            &self.options,
+            false,
+            self.max_logit_bytes,
+            self.path,
+        )
     }
 }

@@ -69,3 +69,26 @@ pub fn rotate_half_matrix<B: Backend>(head_dim: usize, device: &B::Device) -> Te
     }
     Tensor::<B, 1>::from_floats(r.as_slice(), device).reshape([head_dim, head_dim])
 }
+
+/// RoPE by plain composition, the reference for the fused [`crate::cpu::ops::rope`] (and the
+/// CubeCL kernel behind it): `(x · cos + rotate_half(x) · sin) · scale`, with `rotate_half` as a
+/// product by [`rotate_half_matrix`].
+///
+/// # Shapes
+/// - x: `[batch, seq, heads, head_dim]` → the same shape
+/// - cos, sin: broadcastable to x
+pub fn rope_reference<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+    scale: f32,
+) -> Tensor<B, 4> {
+    let [b, s, h, d] = x.dims();
+    let r = rotate_half_matrix::<B>(d, &x.device());
+    let rotated = x
+        .clone()
+        .reshape([b * s * h, d])
+        .matmul(r)
+        .reshape([b, s, h, d]);
+    (x * cos + rotated * sin) * scale
+}

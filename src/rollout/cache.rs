@@ -77,6 +77,9 @@ pub(super) struct StepInput<'a, B: Backend> {
     /// Current block `(index, lo, hi)` in completion positions.
     pub block: (usize, usize, usize),
     pub mask_token: u32,
+    /// The completion `[rows · K]` as the decoder last read it, when that copy is current
+    /// (early completion reads it every step): spares the masked-set window its own read.
+    pub host: Option<&'a [i64]>,
 }
 
 /// One step's hidden states and where each candidate's scoring row is in them.
@@ -128,10 +131,16 @@ impl<B: Backend> StepCache<B> {
         let [rows, l] = step.x.dims();
         cost.forward_passes += 1;
         cost.head_rows += rows * step.cand.dims()[1];
-        // The masked-set window reads the completion (once per step, full passes included).
-        let host = match self.masked_set_windows() {
-            true => Some(ints(step.x.clone().slice([0..rows, step.prompt_len..l]))?),
-            false => None,
+        // The masked-set window needs the completion on the host at every step, full passes
+        // included: the decoder's current copy, or one read.
+        let read = || ints(step.x.clone().slice([0..rows, step.prompt_len..l]));
+        let host = match (self.masked_set_windows(), step.host) {
+            (false, _) => None,
+            (true, Some(ids)) => {
+                debug_assert_eq!(ids, read()?);
+                Some(ids.to_vec())
+            }
+            (true, None) => Some(read()?),
         };
         let full = self.mode == CacheMode::None
             || self.kv.is_none()

@@ -237,7 +237,8 @@ struct ChunkDecoder<'a, B: Backend> {
     cache: StepCache<B>,
     /// The block being decoded, `(index, lo, hi)`.
     block: (usize, usize, usize),
-    /// The completion as last read back (early completion), `[rows · K]`.
+    /// The completion as last read back (early completion), `[rows · K]`; when set, always
+    /// equal to `completion` (read again after every step that changes it).
     host_ids: Option<Vec<i64>>,
     rngs: Vec<ChaCha8Rng>,
     /// Threshold and origin decoding: draws come from per-step windows (see [`Self::seek`]).
@@ -638,6 +639,7 @@ impl<'a, B: Backend> ChunkDecoder<'a, B> {
                 shift: self.model.config().family.logit_shift(),
                 block: self.block,
                 mask_token: self.tokens.mask,
+                host: self.host_ids.as_deref(),
             };
             let StepHidden { hidden, index } =
                 self.cache.hidden(self.model, step, &mut self.cost)?;
