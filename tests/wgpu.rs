@@ -12,7 +12,7 @@ mod common;
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Int, Tensor, TensorData};
-use common::{host, params, tasks, tiny_config, train_config};
+use common::{host, params, tasks, tiny_config, train_config, values};
 use coupled_grpo::backend::{
     wgpu_device as device, Cpu, CpuAutodiff, Wgpu, WgpuAutodiff, WgpuUnfused,
 };
@@ -38,25 +38,9 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
-
-/// Deterministic pseudo-random values in [-1, 1).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
 #[test]
 fn smoke_matmul_and_softmax_match_flex() {
-    let (a, b) = (values(37 * 53, 1), values(53 * 29, 2));
+    let (a, b) = (values(37 * 53, 1, 1.0), values(53 * 29, 2, 1.0));
     let x = tensor::<Cpu, 2>(&a, [37, 53], &Default::default());
     let y = tensor::<Cpu, 2>(&b, [53, 29], &Default::default());
     let p = x.matmul(y);
@@ -88,7 +72,7 @@ impl Problem {
     fn new(dims: [usize; 6], seed: u64) -> Self {
         let [b, sq, sk, h, kv, hd] = dims;
         let scale = (hd as f32).powf(-0.5);
-        let q = values(b * sq * h * hd, seed)
+        let q = values(b * sq * h * hd, seed, 1.0)
             .into_iter()
             .map(|x| 3.0 * x * scale)
             .collect();
@@ -105,11 +89,11 @@ impl Problem {
         Self {
             dims,
             q,
-            k: values(b * sk * kv * hd, seed + 1)
+            k: values(b * sk * kv * hd, seed + 1, 1.0)
                 .into_iter()
                 .map(|x| 3.0 * x)
                 .collect(),
-            v: values(b * sk * kv * hd, seed + 2),
+            v: values(b * sk * kv * hd, seed + 2, 1.0),
             bias,
         }
     }

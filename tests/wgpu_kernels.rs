@@ -15,31 +15,18 @@
 //! entry points (`cpu::ops::{rms_norm, silu_mul, rope, log_softmax_gather}`) are checked too.
 #![cfg(feature = "wgpu")]
 
+mod common;
+
 use burn::backend::Autodiff;
 use burn::tensor::activation::{log_softmax, silu};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Int, Tensor, TensorData, Tolerance};
+use common::values;
 use coupled_grpo::backend::{wgpu_device as device, Cpu, Wgpu, WgpuUnfused};
 use coupled_grpo::cpu::ops;
 use coupled_grpo::cube::{self, log_prob};
 use coupled_grpo::estimator::{target_log_probs, HeadLayout, HeadWeight};
 use coupled_grpo::model::rope::{rope_reference, rotate_half_matrix};
-
-/// Deterministic pseudo-random values in `[-scale, scale)`.
-fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
-
 fn tensor<B: Backend, const D: usize>(
     values: &[f32],
     shape: [usize; D],

@@ -1,5 +1,6 @@
-//! Helpers shared by the trainer tests (`tests/grpo.rs`, `tests/lora.rs`): the tiny model, a
-//! deterministic reward, toy tasks and a parameter dump. Each test crate uses a part of them.
+//! Helpers shared by the test crates (`tests/grpo.rs`, `tests/lora.rs`, the wgpu tests): the tiny
+//! model, a deterministic reward, toy tasks, a parameter dump and seeded random values. Each test
+//! crate uses a part of them.
 #![allow(dead_code)]
 
 use std::sync::Arc;
@@ -11,6 +12,8 @@ use coupled_grpo::data::{Task, TaskSource};
 use coupled_grpo::grpo::{Rewards, TrainConfig, WeightedReward};
 use coupled_grpo::model::{DiffusionLm, ModelConfig};
 use coupled_grpo::reward::RewardFn;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 /// The `tiny` preset with larger initial weights (visible changes in a few steps).
 pub fn tiny_config() -> ModelConfig {
@@ -21,6 +24,12 @@ pub fn tiny_config() -> ModelConfig {
 
 pub fn tiny<B: Backend>(seed: u64, dtype: DType) -> DiffusionLm<B> {
     DiffusionLm::init_with(&tiny_config(), &Default::default(), seed, dtype)
+}
+
+/// `n` values uniform in `[-scale, scale)`, the same for the same seed.
+pub fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
 }
 
 /// Host f32 values of a tensor of any float dtype.

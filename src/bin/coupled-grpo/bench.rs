@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use burn::tensor::DType;
+use clap::builder::PossibleValuesParser;
 use clap::{Args as ClapArgs, Subcommand};
 use coupled_grpo::grpo::TrainConfig;
-use coupled_grpo::model::ModelConfig;
+use coupled_grpo::model::{ModelConfig, PRESETS};
 use coupled_grpo::perf::{self, GrpoUpdateStats, Phase, RolloutStats, TrainStepStats};
 
 #[derive(Subcommand)]
@@ -33,8 +34,8 @@ pub enum BenchCommand {
 
 #[derive(ClapArgs)]
 pub struct CommonArgs {
-    /// Model shape (tiny, small, qwen2.5-0.5b, diffucoder-7b).
-    #[arg(long, default_value = "small")]
+    /// Model shape.
+    #[arg(long, default_value = "small", value_parser = PossibleValuesParser::new(PRESETS))]
     preset: String,
     #[arg(long, default_value_t = 4)]
     batch: usize,

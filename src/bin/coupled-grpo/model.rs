@@ -4,9 +4,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use burn::tensor::{DType, Int, Tensor, TensorData};
+use clap::builder::PossibleValuesParser;
 use clap::{Args, Subcommand};
 use coupled_grpo::backend::Cpu;
-use coupled_grpo::model::{self, lora, peft, ModelConfig, SaveDtype, Tokenizer};
+use coupled_grpo::model::{self, lora, peft, ModelConfig, SaveDtype, Tokenizer, PRESETS};
 
 #[derive(Subcommand)]
 pub enum ModelCommand {
@@ -42,8 +43,9 @@ pub struct MergeLoraArgs {
 
 #[derive(Args)]
 pub struct InitArgs {
-    /// A built-in shape (tiny, small, qwen2.5-0.5b, diffucoder-7b).
-    #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+    /// A built-in shape.
+    #[arg(long, conflicts_with = "config", required_unless_present = "config",
+          value_parser = PossibleValuesParser::new(PRESETS))]
     preset: Option<String>,
     /// An HF config.json to take the shape from.
     #[arg(long)]

@@ -2,16 +2,17 @@
 //! and whether it fits an 80 GB or a 141 GB device.
 
 use burn::tensor::DType;
+use clap::builder::PossibleValuesParser;
 use clap::Args as ClapArgs;
 use coupled_grpo::estimator::DEFAULT_MAX_LOGIT_BYTES;
 use coupled_grpo::model::lora::DEFAULT_TARGET_MODULES;
-use coupled_grpo::model::ModelConfig;
+use coupled_grpo::model::{ModelConfig, PRESETS};
 use coupled_grpo::plan::{plan, PlanInput};
 
 #[derive(ClapArgs)]
 pub struct Args {
-    /// Model shape (tiny, small, small-qwen-vocab, qwen2.5-0.5b, diffucoder-7b).
-    #[arg(long, default_value = "diffucoder-7b")]
+    /// Model shape.
+    #[arg(long, default_value = "diffucoder-7b", value_parser = PossibleValuesParser::new(PRESETS))]
     preset: String,
     /// LoRA rank (adapters on q/k/v/o/gate/up/down, base frozen); full fine-tune without it
     /// or with 0.
