@@ -12,7 +12,7 @@ mod common;
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Int, Tensor, TensorData};
-use common::{host, params, tasks, tiny_config, train_config, values};
+use common::{host, params, tasks, tensor, tiny_config, train_config, values};
 use coupled_grpo::backend::{
     wgpu_device as device, Cpu, CpuAutodiff, Wgpu, WgpuAutodiff, WgpuUnfused,
 };
@@ -21,15 +21,6 @@ use coupled_grpo::grpo::advantage::AdvantageStats;
 use coupled_grpo::grpo::Trainer;
 use coupled_grpo::model::{byte_level_tokenizer, chat_prompt, DiffusionLm, ModelConfig};
 use coupled_grpo::rollout::{generate, Alg, RolloutBatch, RolloutConfig};
-
-/// `values` on backend `B` with `shape`.
-fn tensor<B: Backend, const D: usize>(
-    values: &[f32],
-    shape: [usize; D],
-    device: &B::Device,
-) -> Tensor<B, D> {
-    Tensor::from_data(TensorData::new(values.to_vec(), shape), device)
-}
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());

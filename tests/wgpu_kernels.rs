@@ -21,19 +21,12 @@ use burn::backend::Autodiff;
 use burn::tensor::activation::{log_softmax, silu};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Int, Tensor, TensorData, Tolerance};
-use common::values;
+use common::{tensor, values};
 use coupled_grpo::backend::{wgpu_device as device, Cpu, Wgpu, WgpuUnfused};
 use coupled_grpo::cpu::ops;
 use coupled_grpo::cube::{self, log_prob};
 use coupled_grpo::estimator::{target_log_probs, HeadLayout, HeadWeight};
 use coupled_grpo::model::rope::{rope_reference, rotate_half_matrix};
-fn tensor<B: Backend, const D: usize>(
-    values: &[f32],
-    shape: [usize; D],
-    device: &B::Device,
-) -> Tensor<B, D> {
-    Tensor::from_data(TensorData::new(values.to_vec(), shape), device)
-}
 
 fn ids<B: Backend>(values: &[i64], device: &B::Device) -> Tensor<B, 1, Int> {
     Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), device)

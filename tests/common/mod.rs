@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Tensor, TensorData};
 use coupled_grpo::data::{Task, TaskSource};
 use coupled_grpo::grpo::{Rewards, TrainConfig, WeightedReward};
 use coupled_grpo::model::{DiffusionLm, ModelConfig};
@@ -30,6 +30,15 @@ pub fn tiny<B: Backend>(seed: u64, dtype: DType) -> DiffusionLm<B> {
 pub fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+/// `values` on backend `B` with `shape`.
+pub fn tensor<B: Backend, const D: usize>(
+    values: &[f32],
+    shape: [usize; D],
+    device: &B::Device,
+) -> Tensor<B, D> {
+    Tensor::from_data(TensorData::new(values.to_vec(), shape), device)
 }
 
 /// Host f32 values of a tensor of any float dtype.
